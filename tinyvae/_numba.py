@@ -1,0 +1,30 @@
+"""The one place that owns tinyvae's Numba flags.
+
+Every kernel is compiled through :func:`njit` or :func:`njit_parallel` so the flags
+(caching, fastmath, nogil) are chosen once. ``cache=True`` stores compiled code on
+disk, so only the first process on a machine pays the compile time.
+"""
+
+from __future__ import annotations
+
+import numba
+
+# Reassociation and FMA contraction let LLVM vectorise reductions; our kernels
+# never rely on IEEE summation order. We deliberately leave out "nnan"/"ninf":
+# the training loop must see NaN and inf to stop on them, and the stable
+# log-sigmoid relies on inf arithmetic being honest.
+FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+
+njit = numba.njit(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
+njit_parallel = numba.njit(
+    cache=True, fastmath=FASTMATH, nogil=True, parallel=True, error_model="numpy"
+)
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads Numba's parallel kernels use (1..NUMBA_NUM_THREADS)."""
+    numba.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    return numba.get_num_threads()

@@ -1,0 +1,369 @@
+"""The hot path: GEMM family, fused elementwise kernels and optimizer updates.
+
+Every public function here has two implementations with the same signature:
+
+* a plain NumPy reference in this file (``_np_<name>``), short enough to read
+  as the definition of what the kernel computes, and
+* a Numba kernel in :mod:`tinyvae._nb_kernels` (packed, register-tiled GEMM;
+  single-pass fused elementwise loops).
+
+``set_backend("numba")`` (the default) or ``set_backend("numpy")`` picks one for
+the whole library; the tests compare the two on awkward shapes and dtypes.
+
+Conventions: 2-D arrays, float32 or float64, both operands of one dtype.
+Activations are named ``"identity" | "relu" | "leaky_relu" | "tanh" |
+"sigmoid" | "softplus"``; each derivative is written through the activation's
+*output* y, so the forward pass need not keep the pre-activation:
+
+    relu' = [y > 0]          leaky_relu' = 1 if y > 0 else alpha
+    tanh' = 1 - y^2          sigmoid'    = y (1 - y)
+    softplus' = sigmoid(a) = 1 - exp(-y)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+BACKENDS = ("numba", "numpy")
+ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus")
+#: integer codes the Numba kernels branch on (strings are slow in nopython loops)
+ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+
+_state = {"backend": "numba", "nb": None}
+
+
+def set_backend(name: str) -> None:
+    """Select ``"numba"`` (compiled kernels, default) or ``"numpy"`` (references)."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {name!r}")
+    _state["backend"] = name
+
+
+def get_backend() -> str:
+    """Return the name of the active backend."""
+    return _state["backend"]
+
+
+class use_backend:
+    """Context manager that switches the backend and restores it afterwards."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        self.previous = get_backend()
+        set_backend(self.name)
+        return self
+
+    def __exit__(self, *exc):
+        set_backend(self.previous)
+
+
+def _nb():
+    # Imported on first use so `import tinyvae` never pays for Numba compilation.
+    if _state["nb"] is None:
+        _state["nb"] = importlib.import_module("tinyvae._nb_kernels")
+    return _state["nb"]
+
+
+def _numba_active() -> bool:
+    return _state["backend"] == "numba"
+
+
+# ----------------------------------------------------------------------------
+# validation shared by the public wrappers
+# ----------------------------------------------------------------------------
+
+
+def _check_operands(name_a, a, name_b, b):
+    for name, arr in ((name_a, a), (name_b, b)):
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(arr).__name__}")
+        if arr.ndim != 2:
+            raise ValueError(f"{name}: expected a 2-D array, got shape {arr.shape}")
+        if arr.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name}: expected float32 or float64, got dtype {arr.dtype}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{name_a} and {name_b}: expected one dtype, got {a.dtype} and {b.dtype}")
+
+
+def _check_out(out, shape, dtype, *inputs):
+    if out is None:
+        return
+    if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype:
+        got = (getattr(out, "shape", None), getattr(out, "dtype", type(out).__name__))
+        raise ValueError(f"out: expected an array of shape {shape} and dtype {dtype}, got {got}")
+    for arr in inputs:
+        if np.shares_memory(out, arr):
+            raise ValueError("out: must not overlap an input (the kernel reads while it writes)")
+
+
+def _activation_code(activation: str) -> int:
+    try:
+        return ACTIVATION_CODES[activation]
+    except KeyError:
+        raise ValueError(
+            f"activation: expected one of {ACTIVATIONS}, got {activation!r}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------
+# GEMM family
+# ----------------------------------------------------------------------------
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """C = A @ B.   a (m, k), b (k, n) -> (m, n)."""
+    _check_operands("a", a, "b", b)
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"b: expected {a.shape[1]} rows to match a {a.shape}, got {b.shape}")
+    _check_out(out, (a.shape[0], b.shape[1]), a.dtype, a, b)
+    if _numba_active():
+        return _nb().gemm(a, b, False, False, out)
+    return np.matmul(a, b, out=out)
+
+
+def matmul_tn(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """C = A.T @ B (the weight gradient x.T @ dout).   a (k, m), b (k, n) -> (m, n)."""
+    _check_operands("a", a, "b", b)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"b: expected {a.shape[0]} rows to match a {a.shape}, got {b.shape}")
+    _check_out(out, (a.shape[1], b.shape[1]), a.dtype, a, b)
+    if _numba_active():
+        return _nb().gemm(a, b, True, False, out)
+    return np.matmul(a.T, b, out=out)
+
+
+def matmul_nt(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """C = A @ B.T (the input gradient dout @ W.T).   a (m, k), b (n, k) -> (m, n)."""
+    _check_operands("a", a, "b", b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"b: expected {a.shape[1]} columns to match a {a.shape}, got {b.shape}")
+    _check_out(out, (a.shape[0], b.shape[0]), a.dtype, a, b)
+    if _numba_active():
+        return _nb().gemm(a, b, False, True, out)
+    return np.matmul(a, b.T, out=out)
+
+
+# ----------------------------------------------------------------------------
+# activations: forward through output, backward through output
+# ----------------------------------------------------------------------------
+
+
+def _np_activate(a, activation, alpha):
+    if activation == "identity":
+        return a
+    if activation == "relu":
+        return np.maximum(a, 0)
+    if activation == "leaky_relu":
+        return np.where(a > 0, a, alpha * a).astype(a.dtype, copy=False)
+    if activation == "tanh":
+        return np.tanh(a)
+    if activation == "sigmoid":
+        return _np_sigmoid(a)
+    if activation == "softplus":
+        # log(1 + e^a) = max(a, 0) + log1p(e^-|a|), finite for any a
+        return np.maximum(a, 0) + np.log1p(np.exp(-np.abs(a)))
+    raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+
+
+def _np_activation_grad(y, activation, alpha):
+    """d act(a) / da written through y = act(a)."""
+    one = y.dtype.type(1)
+    if activation == "identity":
+        return np.ones_like(y)
+    if activation == "relu":
+        return (y > 0).astype(y.dtype)
+    if activation == "leaky_relu":
+        return np.where(y > 0, one, y.dtype.type(alpha))
+    if activation == "tanh":
+        return one - y * y
+    if activation == "sigmoid":
+        return y * (one - y)
+    if activation == "softplus":
+        return -np.expm1(-y)
+    raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+
+
+def _np_sigmoid(a):
+    # Two branches so exp never overflows: e^-a for a >= 0, e^a / (1 + e^a) otherwise.
+    out = np.empty_like(a)
+    pos = a >= 0
+    out[pos] = 1 / (1 + np.exp(-a[pos]))
+    ea = np.exp(a[~pos])
+    out[~pos] = ea / (1 + ea)
+    return out
+
+
+def sigmoid(a: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function 1 / (1 + exp(-a)), elementwise."""
+    if _numba_active() and a.ndim == 2:
+        return _nb().activate(a, ACTIVATION_CODES["sigmoid"], 0.0)
+    return _np_sigmoid(np.asarray(a))
+
+
+def activate(a: np.ndarray, activation: str, alpha: float = 0.01) -> np.ndarray:
+    """y = act(a), elementwise, new array.   a (n, d) -> (n, d)."""
+    code = _activation_code(activation)
+    if _numba_active() and a.ndim == 2:
+        return _nb().activate(a, code, float(alpha))
+    return _np_activate(a, activation, alpha)
+
+
+def activation_backward(dy: np.ndarray, y: np.ndarray, activation: str,
+                        alpha: float = 0.01) -> np.ndarray:
+    """da = dy * act'(a), with act' expressed through y.   (n, d) -> (n, d)."""
+    code = _activation_code(activation)
+    if _numba_active() and dy.ndim == 2:
+        return _nb().activation_backward(dy, y, code, float(alpha))
+    return dy * _np_activation_grad(y, activation, alpha)
+
+
+# ----------------------------------------------------------------------------
+# fused dense layer: GEMM with bias + activation epilogue, and its backward
+# ----------------------------------------------------------------------------
+
+
+def dense_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, activation: str = "identity",
+                  alpha: float = 0.01) -> np.ndarray:
+    """y = act(x @ W + b) in one pass over the output.
+
+    x (n, fan_in), W (fan_in, fan_out), b (fan_out,) -> y (n, fan_out)
+    """
+    code = _activation_code(activation)
+    _check_operands("x", x, "W", W)
+    if x.shape[1] != W.shape[0]:
+        raise ValueError(f"W: expected {x.shape[1]} rows to match x {x.shape}, got {W.shape}")
+    if b.shape != (W.shape[1],) or b.dtype != W.dtype:
+        raise ValueError(f"b: expected shape ({W.shape[1]},) dtype {W.dtype}, got {b.shape} {b.dtype}")
+    if _numba_active():
+        return _nb().dense_forward(x, W, b, code, float(alpha))
+    return _np_activate(np.matmul(x, W) + b, activation, alpha)
+
+
+def activation_bias_backward(dy: np.ndarray, y: np.ndarray, activation: str,
+                             alpha: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """da = dy * act'(a) and db = sum over rows of da, in one pass.
+
+    dy, y (n, d) -> da (n, d), db (d,)
+    """
+    code = _activation_code(activation)
+    if _numba_active():
+        return _nb().activation_bias_backward(dy, y, code, float(alpha))
+    da = dy * _np_activation_grad(y, activation, alpha)
+    return da, da.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------
+# fused losses
+# ----------------------------------------------------------------------------
+
+
+def bernoulli_nll_logits(logits: np.ndarray, x: np.ndarray,
+                         grad_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Bernoulli NLL from logits, per row, and its gradient, in one pass.
+
+    nll_i = sum_j [softplus(l_ij) - x_ij l_ij]      (= BCE(sigmoid(l), x), no overflow)
+    dlogits = grad_scale * (sigmoid(l) - x)
+
+    logits, x (n, D) -> nll (n,), dlogits (n, D)
+    """
+    if _numba_active() and logits.ndim == 2:
+        return _nb().bernoulli_nll_logits(logits, x, float(grad_scale))
+    nll = _np_activate(logits, "softplus", 0.0) - x * logits
+    dlogits = (_np_sigmoid(logits) - x) * logits.dtype.type(grad_scale)
+    return nll.sum(axis=1), dlogits
+
+
+def reparam_kl_forward(mu: np.ndarray, logvar: np.ndarray,
+                       eps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """z = mu + sigma * eps and the analytic KL(N(mu, sigma^2) || N(0, 1)) per dimension.
+
+    sigma = exp(logvar / 2);  kl = 0.5 (mu^2 + sigma^2 - 1 - logvar)
+    mu, logvar, eps (n, d) -> z, sigma, kl (n, d)
+    """
+    if _numba_active() and mu.ndim == 2:
+        return _nb().reparam_kl_forward(mu, logvar, eps)
+    sigma = np.exp(0.5 * logvar)
+    z = mu + sigma * eps
+    kl = 0.5 * (mu * mu + sigma * sigma - 1 - logvar)
+    return z, sigma, kl
+
+
+def reparam_kl_backward(dz: np.ndarray, mu: np.ndarray, eps: np.ndarray, sigma: np.ndarray,
+                        kl_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients of  L = f(z) + kl_scale * sum(kl)  through the reparameterization.
+
+    dmu     = dz + kl_scale * mu
+    dlogvar = 0.5 * dz * eps * sigma + kl_scale * 0.5 * (sigma^2 - 1)
+    dz, mu, eps, sigma (n, d) -> dmu, dlogvar (n, d)
+    """
+    if _numba_active() and dz.ndim == 2:
+        return _nb().reparam_kl_backward(dz, mu, eps, sigma, float(kl_scale))
+    k = dz.dtype.type(kl_scale)
+    dmu = dz + k * mu
+    dlogvar = 0.5 * dz * eps * sigma + k * 0.5 * (sigma * sigma - 1)
+    return dmu, dlogvar
+
+
+# ----------------------------------------------------------------------------
+# optimizer updates, in place on one parameter array
+# ----------------------------------------------------------------------------
+
+
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0):
+    """One Adam step in place (Kingma & Ba 2015, bias-corrected; decoupled weight decay).
+
+    m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+    p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) - lr * wd * p
+    All arrays share one shape and dtype; `step` t counts from 1.
+    """
+    if _numba_active():
+        _nb().adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
+                          float(lr), float(beta1), float(beta2), float(eps), int(step),
+                          float(weight_decay))
+        return
+    t = p.dtype.type
+    m *= t(beta1)
+    m += t(1 - beta1) * g
+    v *= t(beta2)
+    v += t(1 - beta2) * (g * g)
+    m_hat = m / t(1 - beta1**step)
+    v_hat = v / t(1 - beta2**step)
+    if weight_decay:
+        p -= t(lr * weight_decay) * p
+    p -= t(lr) * m_hat / (np.sqrt(v_hat) + t(eps))
+
+
+def sgd_update(p, g, velocity, lr, momentum, nesterov=False, weight_decay=0.0):
+    """One SGD step with (heavy-ball or Nesterov) momentum, in place.
+
+    g' = g + wd p;  v <- momentum v + g';  p <- p - lr (g' + momentum v if nesterov else v)
+    """
+    if _numba_active():
+        _nb().sgd_update(p.reshape(-1), g.reshape(-1), velocity.reshape(-1), float(lr),
+                         float(momentum), bool(nesterov), float(weight_decay))
+        return
+    t = p.dtype.type
+    g_eff = g + t(weight_decay) * p if weight_decay else g
+    velocity *= t(momentum)
+    velocity += g_eff
+    step = g_eff + t(momentum) * velocity if nesterov else velocity
+    p -= t(lr) * step
+
+
+def adagrad_update(p, g, accum, lr, eps, weight_decay=0.0):
+    """One Adagrad step in place (Duchi et al. 2011).
+
+    g' = g + wd p;  a <- a + g'^2;  p <- p - lr g' / (sqrt(a) + eps)
+    """
+    if _numba_active():
+        _nb().adagrad_update(p.reshape(-1), g.reshape(-1), accum.reshape(-1), float(lr),
+                             float(eps), float(weight_decay))
+        return
+    t = p.dtype.type
+    g_eff = g + t(weight_decay) * p if weight_decay else g
+    accum += g_eff * g_eff
+    p -= t(lr) * g_eff / (np.sqrt(accum) + t(eps))
