@@ -1,8 +1,21 @@
-"""tinyvae: autoencoder -> VAE -> beta-VAE from scratch, every gradient by hand."""
+"""tinyvae: autoencoder -> VAE -> beta-VAE from scratch, every gradient by hand.
 
-from tinyvae import kernels
+    import numpy as np, tinyvae as tv
+    m = tv.VAE(input_dim=784, hidden=(400,), latent_dim=20, seed=0)
+    loss, grads = m.loss(x)               # x (n, 784) in [0, 1]
+    m.fit(X, epochs=10, optimizer=tv.Adam(lr=1e-3))
+"""
+
+from tinyvae import gradcheck, kernels, layers, losses
+from tinyvae.io import load, save
 from tinyvae.kernels import get_backend, set_backend, use_backend
+from tinyvae.models import VAE, Autoencoder, BetaVAE
+from tinyvae.optim import SGD, Adagrad, Adam, Optimizer
 
 __version__ = "0.1.0"
 
-__all__ = ["kernels", "set_backend", "get_backend", "use_backend", "__version__"]
+__all__ = [
+    "VAE", "Autoencoder", "BetaVAE", "SGD", "Adam", "Adagrad", "Optimizer",
+    "load", "save", "set_backend", "get_backend", "use_backend",
+    "kernels", "layers", "losses", "gradcheck", "__version__",
+]

@@ -1,0 +1,153 @@
+"""Layers as functional forward/backward pairs.
+
+Each ``*_forward`` returns ``(out, cache)``; the matching ``*_backward(dout, cache)``
+unpacks the cache in reverse and returns the gradient of the loss with respect to
+each input. Gradients are always dLoss/d<name>: ``dout`` arrives, ``dx`` (and
+``dW``, ``db``) leave. The backward pass stands directly under its forward pass.
+
+Weights are stored (fan_in, fan_out) so a layer is ``y = x @ W + b`` on a batch of
+row vectors x (n, fan_in).
+"""
+
+from __future__ import annotations
+
+from tinyvae import kernels
+
+# ---------------------------------------------------------------------- linear
+
+
+def linear_forward(x, W, b):
+    """Affine map y = x @ W + b.
+
+    Inputs:  x (n, fan_in), W (fan_in, fan_out), b (fan_out,)
+    Returns: out (n, fan_out), cache (x, W)
+    """
+    out = kernels.dense_forward(x, W, b, "identity")
+    return out, (x, W)
+
+
+def linear_backward(dout, cache):
+    """Backward of y = x @ W + b.
+
+    dx = dout @ W.T,  dW = x.T @ dout,  db = sum over rows of dout.
+    Inputs:  dout (n, fan_out), cache from linear_forward
+    Returns: dx (n, fan_in), dW (fan_in, fan_out), db (fan_out,)
+    """
+    x, W = cache
+    dx = kernels.matmul_nt(dout, W)
+    dW = kernels.matmul_tn(x, dout)
+    db = dout.sum(axis=0)
+    return dx, dW, db
+
+
+# ----------------------------------------------------------------- activations
+# Each activation caches its *output*: every derivative below can be written
+# through y, which saves keeping the pre-activation alive.
+
+
+def relu_forward(x):
+    """y = max(x, 0).   x (any shape) -> out (same), cache y."""
+    out = kernels.activate(x, "relu")
+    return out, out
+
+
+def relu_backward(dout, cache):
+    """dx = dout * [y > 0]."""
+    return kernels.activation_backward(dout, cache, "relu")
+
+
+def leaky_relu_forward(x, alpha=0.01):
+    """y = x if x > 0 else alpha * x, with 0 < alpha < 1.   cache (y, alpha)."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: expected 0 < alpha < 1, got {alpha}")
+    out = kernels.activate(x, "leaky_relu", alpha)
+    return out, (out, alpha)
+
+
+def leaky_relu_backward(dout, cache):
+    """dx = dout * (1 if y > 0 else alpha); y > 0 exactly when x > 0 because alpha > 0."""
+    out, alpha = cache
+    return kernels.activation_backward(dout, out, "leaky_relu", alpha)
+
+
+def tanh_forward(x):
+    """y = tanh(x).   cache y."""
+    out = kernels.activate(x, "tanh")
+    return out, out
+
+
+def tanh_backward(dout, cache):
+    """dx = dout * (1 - y^2)."""
+    return kernels.activation_backward(dout, cache, "tanh")
+
+
+def sigmoid_forward(x):
+    """y = 1 / (1 + exp(-x)), computed without overflow.   cache y."""
+    out = kernels.activate(x, "sigmoid")
+    return out, out
+
+
+def sigmoid_backward(dout, cache):
+    """dx = dout * y * (1 - y)."""
+    return kernels.activation_backward(dout, cache, "sigmoid")
+
+
+def softplus_forward(x):
+    """y = log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)).   cache y."""
+    out = kernels.activate(x, "softplus")
+    return out, out
+
+
+def softplus_backward(dout, cache):
+    """dx = dout * sigmoid(x), and sigmoid(x) = 1 - exp(-y) because y = softplus(x)."""
+    return kernels.activation_backward(dout, cache, "softplus")
+
+
+ACTIVATION_LAYERS = {
+    "relu": (relu_forward, relu_backward),
+    "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
+    "tanh": (tanh_forward, tanh_backward),
+    "sigmoid": (sigmoid_forward, sigmoid_backward),
+    "softplus": (softplus_forward, softplus_backward),
+}
+
+
+# ------------------------------------------------------------ fused dense layer
+
+
+def dense_forward(x, W, b, activation="identity", alpha=0.01):
+    """y = act(x @ W + b): a linear layer and its activation in one kernel.
+
+    The models use this instead of linear_forward + relu_forward: the bias and
+    activation are applied while each output tile is still in registers.
+    Inputs:  x (n, fan_in), W (fan_in, fan_out), b (fan_out,), activation name
+    Returns: out (n, fan_out), cache (x, W, out, activation, alpha)
+    """
+    out = kernels.dense_forward(x, W, b, activation, alpha)
+    return out, (x, W, out, activation, alpha)
+
+
+def dense_backward(dout, cache, need_dx=True):
+    """Backward of y = act(x @ W + b).
+
+    da = dout * act'(a)  (through y),  dx = da @ W.T,  dW = x.T @ da,  db = sum(da)
+    need_dx=False skips the input-gradient GEMM for a network's first layer,
+    whose input is data.
+    Returns: dx (n, fan_in) or None, dW (fan_in, fan_out), db (fan_out,)
+    """
+    x, W, out, activation, alpha = cache
+    if activation == "identity":
+        da, db = dout, dout.sum(axis=0)
+    else:
+        da, db = kernels.activation_bias_backward(dout, out, activation, alpha)
+    dW = kernels.matmul_tn(x, da)
+    dx = kernels.matmul_nt(da, W) if need_dx else None
+    return dx, dW, db
+
+
+__all__ = [
+    "linear_forward", "linear_backward", "relu_forward", "relu_backward",
+    "leaky_relu_forward", "leaky_relu_backward", "tanh_forward", "tanh_backward",
+    "sigmoid_forward", "sigmoid_backward", "softplus_forward", "softplus_backward",
+    "dense_forward", "dense_backward", "ACTIVATION_LAYERS",
+]

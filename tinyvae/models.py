@@ -1,0 +1,515 @@
+"""Autoencoder, VAE and beta-VAE with hand-written backward passes.
+
+Parameters live in ``model.params`` (name -> array; W is (fan_in, fan_out)):
+
+    "enc1.W" "enc1.b" ... "encK.*"   input -> hidden[0] -> ... -> hidden[-1]
+    "mu.*" "logvar.*"                hidden[-1] -> latent          (VAE)
+    "code.*"                         hidden[-1] -> latent          (Autoencoder)
+    "dec1.W" ... "decK.*"            latent -> hidden[-1] -> ... -> hidden[0]
+    "out.W" "out.b"                  hidden[0] -> input
+    "obs.logvar"                     (input_dim,) learned Gaussian log-variance, if asked for
+
+``loss(x, eps) -> (loss, grads)`` runs the forward pass step by step, keeps each
+step's cache, and walks the caches back in reverse. The VAE objective per batch:
+
+    loss = mean_i [ -log p(x_i | z_i) + beta * sum_j KL(q(z_ij | x_i) || N(0, 1)) ]
+    z = mu + exp(0.5 logvar) * eps,   eps ~ N(0, I)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+import numpy as np
+
+from tinyvae import kernels, layers
+from tinyvae.losses import LOG_2PI
+from tinyvae.optim import Adam, Optimizer
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus", "identity")
+
+
+# ---------------------------------------------------------------------------
+# input validation (messages name the argument, what was expected, what came)
+# ---------------------------------------------------------------------------
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _as_batch(name, x, width, dtype, unit_interval=False):
+    """Validate a (n, width) float batch and return it as a contiguous `dtype` array."""
+    if isinstance(x, (list, tuple)):
+        x = np.asarray(x)
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array of shape (n, {width}), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one row, got an empty array {x.shape}")
+    if x.shape[1] != width:
+        raise ValueError(f"{name}: expected {width} columns, got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        hint = " (for images stored as 0..255 integers, divide by 255)" if np.issubdtype(
+            x.dtype, np.integer) else ""
+        raise TypeError(f"{name}: expected a float array, got dtype {x.dtype}{hint}")
+    x = np.ascontiguousarray(x, dtype=dtype)
+    finite = np.isfinite(x)
+    if not finite.all():
+        row = int(np.argwhere(~finite)[0, 0])
+        raise ValueError(f"{name}: expected finite values, got NaN or inf (first in row {row})")
+    if unit_interval:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"{name}: expected values in [0, 1] for a Bernoulli decoder, got range "
+                f"[{lo:.4g}, {hi:.4g}] (rescale the data, or use likelihood='gaussian')"
+            )
+    return x
+
+
+def _init_weight(rng, fan_in, fan_out, activation):
+    # He initialisation keeps the activation variance constant through ReLU-like
+    # layers; Glorot suits the saturating and linear ones. Drawn in float64 so
+    # float32 and float64 models start from the same numbers.
+    if activation in ("relu", "leaky_relu"):
+        std = np.sqrt(2.0 / fan_in)
+    else:
+        std = np.sqrt(2.0 / (fan_in + fan_out))
+    return rng.standard_normal((fan_in, fan_out)) * std
+
+
+class _BaseModel:
+    """What the Autoencoder and the VAE share: layers, decoder, likelihood, fit."""
+
+    #: True when the loss takes reparameterization noise eps (the VAE family)
+    latent_noise = False
+
+    def __init__(self, input_dim, hidden=(400,), latent_dim=20, likelihood="bernoulli",
+                 activation="relu", dtype=np.float32, seed=0, obs_std=0.1, alpha=0.01):
+        self.input_dim = _positive_int("input_dim", input_dim)
+        if isinstance(hidden, (int, np.integer)):
+            hidden = (hidden,)
+        self.hidden = tuple(_positive_int("hidden", h) for h in hidden)
+        self.latent_dim = _positive_int("latent_dim", latent_dim)
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood: expected one of {LIKELIHOODS}, got {likelihood!r}")
+        self.likelihood = likelihood
+        if activation not in HIDDEN_ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {HIDDEN_ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha: expected 0 < alpha < 1, got {alpha!r}")
+        self.alpha = float(alpha)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
+        if obs_std != "learned" and not (isinstance(obs_std, (int, float)) and obs_std > 0):
+            raise ValueError(f"obs_std: expected a positive number or 'learned', got {obs_std!r}")
+        self.obs_std = obs_std if obs_std == "learned" else float(obs_std)
+        self.seed = seed
+        self.step_ = 0
+        self.history_ = _empty_history()
+        self.train_state_ = None
+        self.optimizer_ = None
+        self._rng = np.random.default_rng(seed)
+        self.params = self._init_params(np.random.default_rng(seed))
+
+    # -- construction -------------------------------------------------------
+
+    def _head_names(self):
+        raise NotImplementedError
+
+    def _init_params(self, rng):
+        params = {}
+        act = self.activation
+        enc_dims = (self.input_dim, *self.hidden)
+        for i in range(len(self.hidden)):
+            params[f"enc{i + 1}.W"] = _init_weight(rng, enc_dims[i], enc_dims[i + 1], act)
+            params[f"enc{i + 1}.b"] = np.zeros(enc_dims[i + 1])
+        for head in self._head_names():
+            params[f"{head}.W"] = _init_weight(rng, enc_dims[-1], self.latent_dim, "identity")
+            params[f"{head}.b"] = np.zeros(self.latent_dim)
+        dec_dims = (self.latent_dim, *self.hidden[::-1])
+        for i in range(len(self.hidden)):
+            params[f"dec{i + 1}.W"] = _init_weight(rng, dec_dims[i], dec_dims[i + 1], act)
+            params[f"dec{i + 1}.b"] = np.zeros(dec_dims[i + 1])
+        params["out.W"] = _init_weight(rng, dec_dims[-1], self.input_dim, "identity")
+        params["out.b"] = np.zeros(self.input_dim)
+        if self.obs_std == "learned":
+            params["obs.logvar"] = np.full(self.input_dim, 2 * np.log(0.1))
+        return {k: np.ascontiguousarray(v, dtype=self.dtype) for k, v in params.items()}
+
+    def get_config(self) -> dict:
+        """Constructor arguments as a JSON-able dict: ``type(m)(**m.get_config())`` rebuilds it."""
+        return {
+            "input_dim": self.input_dim, "hidden": list(self.hidden),
+            "latent_dim": self.latent_dim, "likelihood": self.likelihood,
+            "activation": self.activation, "dtype": self.dtype.name, "seed": self.seed,
+            "obs_std": self.obs_std, "alpha": self.alpha,
+        }
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.size for p in self.params.values())
+
+    # -- encoder and decoder trunks -------------------------------------------
+
+    def _encoder_forward(self, x):
+        h, caches = x, []
+        for i in range(1, len(self.hidden) + 1):
+            p = self.params
+            h, cache = layers.dense_forward(h, p[f"enc{i}.W"], p[f"enc{i}.b"], self.activation,
+                                            self.alpha)
+            caches.append(cache)
+        return h, caches
+
+    def _encoder_backward(self, dh, caches, grads):
+        for i in range(len(caches), 0, -1):
+            # the first layer's input is data: no one needs its gradient
+            dh, grads[f"enc{i}.W"], grads[f"enc{i}.b"] = layers.dense_backward(
+                dh, caches[i - 1], need_dx=i > 1)
+
+    def _decoder_forward(self, z):
+        """z (n, latent) -> decoder output (n, input): logits (Bernoulli) or mean (Gaussian)."""
+        h, caches = z, []
+        p = self.params
+        for i in range(1, len(self.hidden) + 1):
+            h, cache = layers.dense_forward(h, p[f"dec{i}.W"], p[f"dec{i}.b"], self.activation,
+                                            self.alpha)
+            caches.append(cache)
+        out, cache = layers.dense_forward(h, p["out.W"], p["out.b"], "identity")
+        caches.append(cache)
+        return out, caches
+
+    def _decoder_backward(self, dout, caches, grads):
+        dh, grads["out.W"], grads["out.b"] = layers.dense_backward(dout, caches[-1])
+        for i in range(len(self.hidden), 0, -1):
+            dh, grads[f"dec{i}.W"], grads[f"dec{i}.b"] = layers.dense_backward(dh, caches[i - 1])
+        return dh
+
+    # -- likelihood --------------------------------------------------------------
+
+    def _reconstruction(self, out, target, grad_scale):
+        """-log p(target | decoder output) per row and its gradient(s).
+
+        Returns nll (n,), dout (n, D) = grad_scale * d nll_i / d out_i, extra grads dict.
+        """
+        if self.likelihood == "bernoulli":
+            nll, dout = kernels.bernoulli_nll_logits(out, target, grad_scale)
+            return nll, dout, {}
+        diff = out - target
+        if self.obs_std == "learned":
+            logvar = self.params["obs.logvar"]
+            inv_var = np.exp(-logvar)
+            sq = diff * diff * inv_var
+            nll = 0.5 * (LOG_2PI + logvar + sq).sum(axis=1)
+            dlogvar = (0.5 * grad_scale) * (1 - sq).sum(axis=0)
+            return nll, diff * (inv_var * grad_scale), {"obs.logvar": dlogvar.astype(self.dtype)}
+        var = self.obs_std**2
+        const = self.input_dim * (0.5 * LOG_2PI + np.log(self.obs_std))
+        nll = (diff * diff).sum(axis=1) / (2 * var) + const
+        return nll, diff * self.dtype.type(grad_scale / var), {}
+
+    def _mean_from_output(self, out):
+        return kernels.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    def reconstruction_nll(self, x, z):
+        """-log p(x | z) summed over features, per row.   x (n, D), z (n, latent) -> (n,)"""
+        x = self._check_x(x)
+        z = _as_batch("z", z, self.latent_dim, self.dtype)
+        out, _ = self._decoder_forward(z)
+        return self._reconstruction(out, x, 1.0)[0]
+
+    def decode(self, z):
+        """Decoder mean for latents z (n, latent_dim) -> (n, input_dim).
+
+        Bernoulli: the pixel probabilities sigmoid(logits); Gaussian: the mean.
+        """
+        z = _as_batch("z", z, self.latent_dim, self.dtype)
+        return self._mean_from_output(self._decoder_forward(z)[0])
+
+    def _check_x(self, x, name="x"):
+        return _as_batch(name, x, self.input_dim, self.dtype,
+                         unit_interval=self.likelihood == "bernoulli")
+
+    # -- the objective ---------------------------------------------------------------
+
+    def loss(self, x, eps=None, *, target=None, compute_grads=True):
+        """Loss on a batch and its gradient for every parameter.
+
+        Inputs:  x (n, input_dim) floats (in [0, 1] for a Bernoulli decoder);
+                 eps (n, latent_dim) fixed reparameterization noise (VAE only; None
+                 draws it from the model's generator); target (n, input_dim) to
+                 reconstruct instead of x (denoising).
+        Returns: loss (float), grads {name: array like params[name]} (None if
+                 compute_grads=False). The parts of the loss are left in
+                 ``self.last_loss_parts_``.
+        """
+        bernoulli = self.likelihood == "bernoulli"
+        x = _as_batch("x", x, self.input_dim, self.dtype, unit_interval=bernoulli and target is None)
+        target = x if target is None else self._check_x(target, "target")
+        if target.shape != x.shape:
+            raise ValueError(f"target: expected shape {x.shape} like x, got {target.shape}")
+        if self.latent_noise and eps is not None:
+            eps = _as_batch("eps", eps, self.latent_dim, self.dtype)
+            if eps.shape[0] != x.shape[0]:
+                raise ValueError(f"eps: expected {x.shape[0]} rows like x, got shape {eps.shape}")
+        return self._loss(x, target, eps, compute_grads)
+
+    def _loss(self, x, target, eps, compute_grads):
+        raise NotImplementedError
+
+    # -- training --------------------------------------------------------------------
+
+    def fit(self, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=True,
+            kl_warmup_steps=0, corrupt=None, resume=False, log_every=None, callback=None):
+        """Train with minibatch gradient descent. Returns self.
+
+        Inputs:  X (n, input_dim) training data; epochs: total epochs of this run;
+                 batch_size >= 1; optimizer (default Adam(lr=1e-3)); seed for the
+                 shuffle and the noise; progress: tqdm bar; kl_warmup_steps: raise
+                 the KL weight linearly from 0 over this many steps (VAE);
+                 corrupt(x, rng) -> noisy x to train a denoising model (the target
+                 stays the clean x); resume: continue the run held in
+                 ``self.train_state_`` (e.g. from ``tv.load``) up to ``epochs``;
+                 log_every: also log every that many steps (default: once an epoch);
+                 callback(model, entry) after each log entry.
+        A NaN or inf loss or gradient stops training with FloatingPointError and
+        leaves the parameters at their last finite values. Ctrl-C finishes the
+        current step, records the position, and raises KeyboardInterrupt, so a
+        checkpoint saved then resumes exactly.
+        """
+        from tinyvae.training import train
+
+        return train(self, X, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                     seed=seed, progress=progress, kl_warmup_steps=kl_warmup_steps,
+                     corrupt=corrupt, resume=resume, log_every=log_every, callback=callback)
+
+    def save(self, path):
+        """Write parameters, config and training state to ``path`` (.npz, atomic, no pickle)."""
+        from tinyvae.io import save
+
+        save(self, path)
+
+
+def _empty_history():
+    return {"epoch": [], "step": [], "loss": [], "recon": [], "kl": [], "kl_per_latent": []}
+
+
+class Autoencoder(_BaseModel):
+    """A deterministic autoencoder: x -> code z -> reconstruction.
+
+    Same layer naming as the VAE with one linear code layer "code.*"
+    (hidden[-1] -> latent) in place of the mu / logvar heads.
+    loss = mean_i -log p(x_i | decoder(encoder(x_i)))  (Bernoulli: binary
+    cross-entropy; Gaussian: squared error / 2 obs_std^2 + const).
+    """
+
+    def __init__(self, input_dim, hidden=(400,), latent_dim=20, likelihood="bernoulli",
+                 activation="relu", dtype=np.float32, seed=0, obs_std=0.1, alpha=0.01):
+        super().__init__(input_dim, hidden, latent_dim, likelihood, activation, dtype, seed,
+                         obs_std, alpha)
+
+    def _head_names(self):
+        return ("code",)
+
+    def _encode_batch(self, x):
+        h, caches = self._encoder_forward(x)
+        z, code_cache = layers.dense_forward(h, self.params["code.W"], self.params["code.b"])
+        return z, caches, code_cache
+
+    def encode(self, x):
+        """The code z (n, latent_dim) of x (n, input_dim)."""
+        return self._encode_batch(self._check_x(x))[0]
+
+    def reconstruct(self, x):
+        """decode(encode(x)): (n, input_dim) -> (n, input_dim)."""
+        return self.decode(self.encode(x))
+
+    def _loss(self, x, target, eps, compute_grads):
+        n = x.shape[0]
+        z, enc_caches, code_cache = self._encode_batch(x)
+        out, dec_caches = self._decoder_forward(z)
+        nll, dout, extra = self._reconstruction(out, target, 1.0 / n)
+        recon = float(nll.mean())
+        self.last_loss_parts_ = {"loss": recon, "recon": recon, "kl": 0.0,
+                                 "kl_per_latent": np.zeros(self.latent_dim)}
+        if not compute_grads:
+            return recon, None
+        grads = dict(extra)
+        dz = self._decoder_backward(dout, dec_caches, grads)
+        dh, grads["code.W"], grads["code.b"] = layers.dense_backward(
+            dz, code_cache, need_dx=bool(enc_caches))
+        self._encoder_backward(dh, enc_caches, grads)
+        return recon, {k: grads[k] for k in self.params}
+
+
+class VAE(_BaseModel):
+    """Variational autoencoder (Kingma & Welling 2014) with a diagonal Gaussian posterior.
+
+    Encoder: x -> (mu, logvar); z = mu + exp(0.5 logvar) * eps; decoder: z -> p(x | z).
+    loss = mean_i [ -log p(x_i | z_i) + beta * sum_j KL_ij ]  (the negative ELBO when
+    beta = 1). beta = 0 leaves plain likelihood; beta > 1 is the beta-VAE.
+    """
+
+    latent_noise = True
+
+    def __init__(self, input_dim, hidden=(400,), latent_dim=20, likelihood="bernoulli",
+                 beta=1.0, activation="relu", dtype=np.float32, seed=0, obs_std=0.1,
+                 alpha=0.01):
+        if not (isinstance(beta, (int, float)) and beta >= 0 and np.isfinite(beta)):
+            raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
+        self.beta = float(beta)
+        self.capacity_max = None
+        self.capacity_steps = 0
+        self.gamma = 0.0
+        self.kl_warmup_steps = 0
+        super().__init__(input_dim, hidden, latent_dim, likelihood, activation, dtype, seed,
+                         obs_std, alpha)
+
+    def _head_names(self):
+        return ("mu", "logvar")
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta}
+
+    def _encode_batch(self, x):
+        h, caches = self._encoder_forward(x)
+        p = self.params
+        mu, mu_cache = layers.dense_forward(h, p["mu.W"], p["mu.b"])
+        logvar, logvar_cache = layers.dense_forward(h, p["logvar.W"], p["logvar.b"])
+        return mu, logvar, caches, mu_cache, logvar_cache
+
+    def encode(self, x):
+        """Posterior parameters (mu, logvar), each (n, latent_dim), of x (n, input_dim)."""
+        return self._encode_batch(self._check_x(x))[:2]
+
+    def reconstruct(self, x):
+        """Decoder mean at the posterior mean: decode(mu(x))."""
+        return self.decode(self.encode(x)[0])
+
+    def sample(self, n, rng=None):
+        """Decoder means for n latents drawn from the prior N(0, I) -> (n, input_dim)."""
+        n = _positive_int("n", n)
+        rng = np.random.default_rng(rng)
+        return self.decode(rng.standard_normal((n, self.latent_dim)).astype(self.dtype))
+
+    def kl_weight(self, step=None):
+        """The KL weight at a training step: beta, ramped up linearly during KL warm-up."""
+        step = self.step_ if step is None else step
+        if self.kl_warmup_steps and step < self.kl_warmup_steps:
+            return self.beta * step / self.kl_warmup_steps
+        return self.beta
+
+    def capacity(self, step=None):
+        """Target KL C(step) of the capacity objective (None when it is off)."""
+        if self.capacity_max is None:
+            return None
+        step = self.step_ if step is None else step
+        return self.capacity_max * min(1.0, step / self.capacity_steps)
+
+    def _kl_term(self, kl, n):
+        """The KL part of the loss and d(loss)/d(kl_ij), given the batch-mean KL."""
+        c = self.capacity()
+        if c is None:
+            weight = self.kl_weight()
+            return weight * kl, weight / n
+        # Burgess et al. 2018: gamma |KL - C|; its subgradient is gamma sign(KL - C)
+        return self.gamma * abs(kl - c), self.gamma * np.sign(kl - c) / n
+
+    def _loss(self, x, target, eps, compute_grads):
+        n = x.shape[0]
+        mu, logvar, enc_caches, mu_cache, logvar_cache = self._encode_batch(x)
+        if eps is None:
+            eps = self._rng.standard_normal(mu.shape, dtype=self.dtype)
+        z, sigma, kl = kernels.reparam_kl_forward(mu, logvar, eps)
+        out, dec_caches = self._decoder_forward(z)
+        nll, dout, extra = self._reconstruction(out, target, 1.0 / n)
+        recon = float(nll.mean())
+        kl_per_latent = kl.mean(axis=0)
+        kl_total = float(kl_per_latent.sum())
+        kl_term, kl_scale = self._kl_term(kl_total, n)
+        loss = recon + kl_term
+        self.last_loss_parts_ = {"loss": loss, "recon": recon, "kl": kl_total,
+                                 "kl_per_latent": kl_per_latent}
+        if not compute_grads:
+            return loss, None
+        grads = dict(extra)
+        dz = self._decoder_backward(dout, dec_caches, grads)
+        dmu, dlogvar = kernels.reparam_kl_backward(dz, mu, eps, sigma, kl_scale)
+        need_dh = bool(enc_caches)
+        dh_mu, grads["mu.W"], grads["mu.b"] = layers.dense_backward(dmu, mu_cache, need_dh)
+        dh_lv, grads["logvar.W"], grads["logvar.b"] = layers.dense_backward(
+            dlogvar, logvar_cache, need_dh)
+        if need_dh:
+            dh_mu += dh_lv
+            self._encoder_backward(dh_mu, enc_caches, grads)
+        return loss, {k: grads[k] for k in self.params}
+
+
+class BetaVAE(VAE):
+    """beta-VAE (Higgins et al. 2017): a VAE whose KL weight beta defaults to 4.
+
+    Optional capacity objective (Burgess et al. 2018): pass ``capacity_max`` (nats)
+    to train on  recon + gamma * |KL - C|  with C raised linearly from 0 to
+    capacity_max over ``capacity_steps`` training steps.
+    """
+
+    def __init__(self, input_dim, hidden=(400,), latent_dim=10, likelihood="bernoulli",
+                 beta=4.0, activation="relu", dtype=np.float32, seed=0, obs_std=0.1,
+                 alpha=0.01, capacity_max=None, capacity_steps=10000, gamma=100.0):
+        super().__init__(input_dim, hidden, latent_dim, likelihood, beta, activation, dtype,
+                         seed, obs_std, alpha)
+        if capacity_max is not None:
+            if not (isinstance(capacity_max, (int, float)) and capacity_max >= 0):
+                raise ValueError(f"capacity_max: expected a number >= 0 (nats), got {capacity_max!r}")
+            self.capacity_max = float(capacity_max)
+        self.capacity_steps = _positive_int("capacity_steps", capacity_steps)
+        if not (isinstance(gamma, (int, float)) and gamma > 0):
+            raise ValueError(f"gamma: expected a positive number, got {gamma!r}")
+        self.gamma = float(gamma)
+
+    def get_config(self):
+        return {**super().get_config(), "capacity_max": self.capacity_max,
+                "capacity_steps": self.capacity_steps, "gamma": self.gamma}
+
+
+MODELS = {"Autoencoder": Autoencoder, "VAE": VAE, "BetaVAE": BetaVAE}
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Turn Ctrl-C into a flag checked between steps, so a step is never half-applied.
+
+    Yields a dict whose "hit" entry becomes True on SIGINT. Outside the main
+    thread (where signal handlers cannot be set) the flag never changes.
+    """
+    flag = {"hit": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["hit"]:  # a second Ctrl-C means: stop now
+            raise KeyboardInterrupt
+        flag["hit"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+__all__ = ["Autoencoder", "VAE", "BetaVAE", "MODELS", "Optimizer", "Adam"]

@@ -1,0 +1,150 @@
+"""The training loop behind ``model.fit``.
+
+Reproducibility is designed in: epoch e shuffles with ``default_rng([seed, e])``
+and all noise (reparameterization eps, input corruption) comes from one
+generator whose state is part of the training state. A run interrupted at any
+step and resumed from a checkpoint therefore replays the same batches and noise
+and ends with bit-for-bit the same parameters as a run straight through.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from tinyvae.models import _as_batch, _positive_int, deferred_interrupt
+from tinyvae.optim import Adam, Optimizer
+
+
+class _Accumulator:
+    """Running sums of the loss parts since the last log entry."""
+
+    def __init__(self, latent_dim, state=None):
+        self.latent_dim = latent_dim
+        if state is None:
+            self.count, self.loss, self.recon, self.kl = 0, 0.0, 0.0, 0.0
+            self.kl_per_latent = np.zeros(latent_dim)
+        else:
+            self.count, self.loss, self.recon, self.kl = (
+                state["count"], state["loss"], state["recon"], state["kl"])
+            self.kl_per_latent = np.array(state["kl_per_latent"], dtype=np.float64)
+
+    def add(self, parts):
+        self.count += 1
+        self.loss += parts["loss"]
+        self.recon += parts["recon"]
+        self.kl += parts["kl"]
+        self.kl_per_latent += parts["kl_per_latent"]
+
+    def entry(self):
+        c = max(self.count, 1)
+        return {"loss": self.loss / c, "recon": self.recon / c, "kl": self.kl / c,
+                "kl_per_latent": (self.kl_per_latent / c).tolist()}
+
+    def state(self):
+        return {"count": self.count, "loss": self.loss, "recon": self.recon, "kl": self.kl,
+                "kl_per_latent": self.kl_per_latent.tolist()}
+
+
+def _all_finite(loss, grads):
+    # A sum is NaN/inf whenever any element is; one pass per array, no temporaries.
+    return np.isfinite(loss) and all(np.isfinite(g.sum()) for g in grads.values())
+
+
+def _start_state(model, seed, epochs, batch_size, kl_warmup_steps):
+    return {
+        "seed": int(seed), "epochs": int(epochs), "batch_size": int(batch_size),
+        "kl_warmup_steps": int(kl_warmup_steps), "epoch": 0, "batch": 0,
+        "rng": np.random.default_rng(seed).bit_generator.state,
+        "accumulator": None,
+    }
+
+
+def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=True,
+          kl_warmup_steps=0, corrupt=None, resume=False, log_every=None, callback=None):
+    """Minibatch training; see :meth:`tinyvae.models._BaseModel.fit` for the arguments."""
+    X = model._check_x(X, "X")
+    epochs = _positive_int("epochs", epochs)
+    batch_size = _positive_int("batch_size", batch_size)
+    if log_every is not None:
+        log_every = _positive_int("log_every", log_every)
+    if kl_warmup_steps < 0:
+        raise ValueError(f"kl_warmup_steps: expected >= 0, got {kl_warmup_steps!r}")
+    if optimizer is not None and not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer: expected a tinyvae optimizer, got {type(optimizer).__name__}")
+
+    if resume:
+        if model.train_state_ is None:
+            raise ValueError("resume: the model holds no training state to resume "
+                             "(load a checkpoint saved during fit, or pass resume=False)")
+        state = model.train_state_
+        state["epochs"] = epochs
+        opt = model.optimizer_
+        batch_size = state["batch_size"]
+    else:
+        state = _start_state(model, seed, epochs, batch_size, kl_warmup_steps)
+        opt = optimizer if optimizer is not None else Adam(lr=1e-3)
+        model.optimizer_ = opt
+        model.train_state_ = state
+    if hasattr(model, "kl_warmup_steps"):
+        model.kl_warmup_steps = state["kl_warmup_steps"]
+
+    n = X.shape[0]
+    n_batches = -(-n // batch_size)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state["rng"]
+    acc = _Accumulator(model.latent_dim, state["accumulator"])
+    remaining = max(0, (epochs - state["epoch"]) * n_batches - state["batch"])
+    bar = tqdm(total=remaining, disable=not progress, desc=type(model).__name__, leave=False)
+
+    def log(epoch):
+        entry = {"epoch": epoch, "step": model.step_, **acc.entry()}
+        for key, value in entry.items():
+            model.history_[key].append(value)
+        acc.__init__(model.latent_dim)
+        if callback is not None:
+            callback(model, entry)
+
+    try:
+        with deferred_interrupt() as interrupt:
+            while state["epoch"] < epochs:
+                epoch = state["epoch"]
+                order = np.random.default_rng([state["seed"], epoch]).permutation(n)
+                while state["batch"] < n_batches:
+                    b = state["batch"]
+                    target = X[order[b * batch_size:(b + 1) * batch_size]]
+                    inputs = target if corrupt is None else _corrupted(corrupt, target, rng, model)
+                    eps = (rng.standard_normal((target.shape[0], model.latent_dim), dtype=model.dtype)
+                           if model.latent_noise else None)
+                    loss, grads = model._loss(inputs, target, eps, True)
+                    if not _all_finite(loss, grads):
+                        raise FloatingPointError(
+                            f"training diverged at step {model.step_ + 1} (epoch {epoch + 1}, "
+                            f"batch {b + 1}): the loss or a gradient is NaN or infinite "
+                            f"(loss = {loss}). The parameters keep their last finite values. "
+                            f"Try a lower learning rate than lr={opt.lr:g}, or a KL warm-up."
+                        )
+                    opt.step(model.params, grads)
+                    model.step_ += 1
+                    acc.add(model.last_loss_parts_)
+                    state["batch"] = b + 1
+                    bar.update(1)
+                    if model.step_ % 20 == 0:
+                        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+                    if log_every is not None and model.step_ % log_every == 0:
+                        log(epoch + (b + 1) / n_batches)
+                    if interrupt["hit"]:
+                        raise KeyboardInterrupt
+                state["epoch"], state["batch"] = epoch + 1, 0
+                if log_every is None:
+                    log(epoch + 1)
+    finally:
+        bar.close()
+        state["rng"] = rng.bit_generator.state
+        state["accumulator"] = acc.state()
+    return model
+
+
+def _corrupted(corrupt, target, rng, model):
+    noisy = corrupt(target.copy(), rng)
+    return _as_batch("corrupt(x, rng)", noisy, model.input_dim, model.dtype)
