@@ -8,7 +8,7 @@ Every public function here has two implementations with the same signature:
   single-pass fused elementwise loops).
 
 ``set_backend("numba")`` (the default) or ``set_backend("numpy")`` picks one for
-the whole library; the tests compare the two on awkward shapes and dtypes.
+the whole library (the environment variable ``TINYVAE_BACKEND`` sets the default); the tests compare the two on awkward shapes and dtypes.
 
 Conventions: 2-D arrays, float32 or float64, both operands of one dtype.
 Activations are named ``"identity" | "relu" | "leaky_relu" | "tanh" |
@@ -23,6 +23,7 @@ Activations are named ``"identity" | "relu" | "leaky_relu" | "tanh" |
 from __future__ import annotations
 
 import importlib
+import os
 
 import numpy as np
 
@@ -31,7 +32,14 @@ ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus")
 #: integer codes the Numba kernels branch on (strings are slow in nopython loops)
 ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 
-_state = {"backend": "numba", "nb": None}
+def _default_backend() -> str:
+    name = os.environ.get("TINYVAE_BACKEND", "numba")
+    if name not in BACKENDS:
+        raise ValueError(f"TINYVAE_BACKEND: expected one of {BACKENDS}, got {name!r}")
+    return name
+
+
+_state = {"backend": _default_backend(), "nb": None}
 
 
 def set_backend(name: str) -> None:

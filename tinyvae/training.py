@@ -116,7 +116,10 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
                     inputs = target if corrupt is None else _corrupted(corrupt, target, rng, model)
                     eps = (rng.standard_normal((target.shape[0], model.latent_dim), dtype=model.dtype)
                            if model.latent_noise else None)
-                    loss, grads = model._loss(inputs, target, eps, True)
+                    # overflow shows up as inf/NaN, which the check below turns into
+                    # one clear error instead of a cascade of RuntimeWarnings
+                    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                        loss, grads = model._loss(inputs, target, eps, True)
                     if not _all_finite(loss, grads):
                         raise FloatingPointError(
                             f"training diverged at step {model.step_ + 1} (epoch {epoch + 1}, "
