@@ -8,7 +8,8 @@ Every public function here has two implementations with the same signature:
   single-pass fused elementwise loops).
 
 ``set_backend("numba")`` (the default) or ``set_backend("numpy")`` picks one for
-the whole library (the environment variable ``TINYVAE_BACKEND`` sets the default); the tests compare the two on awkward shapes and dtypes.
+the whole library (the environment variable ``TINYVAE_BACKEND`` sets the
+default); the tests compare the two on awkward shapes and dtypes.
 
 Conventions: 2-D arrays, float32 or float64, both operands of one dtype.
 Activations are named ``"identity" | "relu" | "leaky_relu" | "tanh" |
