@@ -1,0 +1,406 @@
+"""Every Numba kernel against its NumPy reference, on shapes and layouts chosen to break it.
+
+The NumPy backend (``use_backend("numpy")``) is the definition; the Numba
+backend must agree within a tolerance tied to the dtype and to the size of the
+sum (for GEMM: sum_k |a_ik| |b_kj|, the scale rounding errors grow with), and
+must give the same bits on every call and for any thread count.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tinyvae import kernels as K
+
+DTYPES = (np.float32, np.float64)
+#: relative error allowed against the scale of the computation
+RTOL = {np.float32: 2e-6, np.float64: 1e-13}
+FORMS = ("nn", "tn", "nt")  # C = A @ B, A.T @ B, A @ B.T
+LAYOUTS = ("C", "F", "step2", "reversed")
+
+
+def rtol(dtype):
+    return RTOL[np.dtype(dtype).type]
+
+
+def both(fn, *args, **kwargs):
+    """(numba result, numpy reference result) of the same call."""
+    with K.use_backend("numba"):
+        got = fn(*args, **kwargs)
+    with K.use_backend("numpy"):
+        want = fn(*args, **kwargs)
+    return got, want
+
+
+def layout(x, kind):
+    """The values of x, stored as `kind`: C order, Fortran order, a step-2 slice of a
+    bigger array, or a view with negative strides."""
+    if kind == "C":
+        return np.ascontiguousarray(x)
+    if kind == "F":
+        return np.asfortranarray(x)
+    if kind == "step2":
+        big = np.zeros((2 * x.shape[0], 2 * x.shape[1]), x.dtype)
+        big[::2, ::2] = x
+        return big[::2, ::2]
+    big = np.ascontiguousarray(x[::-1, ::-1])
+    return big[::-1, ::-1]
+
+
+def operands(rng, form, m, k, n, dtype, kinds=("C", "C")):
+    """a, b such that the `form` product is (m, k) @ (k, n)."""
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    if form == "tn":
+        a = a.T
+    if form == "nt":
+        b = b.T
+    return layout(a, kinds[0]), layout(b, kinds[1])
+
+
+def product(form, a, b, out=None):
+    fn = {"nn": K.matmul, "tn": K.matmul_tn, "nt": K.matmul_nt}[form]
+    return fn(a, b) if out is None else fn(a, b, out=out)
+
+
+def assert_gemm_close(got, form, a, b):
+    """|got - exact| <= rtol * (|op(a)| @ |op(b)|) elementwise, exact in float64 (or longdouble)."""
+    opa = a.T if form == "tn" else a
+    opb = b.T if form == "nt" else b
+    exact = opa.astype(np.longdouble) @ opb.astype(np.longdouble)
+    scale = np.abs(opa).astype(np.float64) @ np.abs(opb).astype(np.float64)
+    assert got.shape == exact.shape
+    assert got.dtype == a.dtype
+    err = np.abs(got.astype(np.longdouble) - exact)
+    assert np.all(err <= rtol(a.dtype) * scale + np.finfo(a.dtype).tiny), (
+        f"max relative error {np.max(err / np.maximum(scale, 1e-300))}"
+    )
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20240611)
+
+
+# ----------------------------------------------------------------------------
+# GEMM
+# ----------------------------------------------------------------------------
+
+# (m, k, n): ones, odd sizes, primes, around the 6 x 16 register tile and the
+# 256-deep k-block, and the VAE layer shapes
+SHAPES = [(1, 1, 1), (1, 9, 1), (7, 1, 5), (5, 3, 1), (6, 16, 16), (7, 17, 17), (13, 31, 37),
+          (29, 257, 11), (64, 256, 40), (61, 513, 47), (3, 600, 200), (200, 5, 3),
+          (128, 784, 20)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gemm_matches_reference(rng, shape, form, dtype):
+    a, b = operands(rng, form, *shape, dtype)
+    got, want = both(product, form, a, b)
+    assert_gemm_close(got, form, a, b)
+    np.testing.assert_allclose(got, want, rtol=10 * rtol(dtype), atol=1e-4 if dtype ==
+                               np.float32 else 1e-11)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("kinds", [("F", "C"), ("C", "F"), ("step2", "reversed"),
+                                   ("reversed", "step2"), ("F", "F")])
+def test_gemm_non_contiguous(rng, kinds, form, dtype):
+    a, b = operands(rng, form, 23, 41, 35, dtype, kinds)
+    assert_gemm_close(product(form, a, b), form, a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_mixed_sign_strides(rng, dtype):
+    x = rng.standard_normal((30, 44)).astype(dtype)
+    a = x[::-3, 1::2]  # negative row stride, positive column stride
+    b = rng.standard_normal((40, 50)).astype(dtype)[5::, ::-2].T  # (25, 35)
+    b = b[:22]
+    assert_gemm_close(K.matmul(a, b), "nn", a, b)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=st.integers(1, 70), k=st.integers(1, 300), n=st.integers(1, 70),
+       form=st.sampled_from(FORMS), dtype=st.sampled_from(DTYPES),
+       kind_a=st.sampled_from(LAYOUTS), kind_b=st.sampled_from(LAYOUTS),
+       seed=st.integers(0, 2**32 - 1))
+def test_gemm_hypothesis(m, k, n, form, dtype, kind_a, kind_b, seed):
+    a, b = operands(np.random.default_rng(seed), form, m, k, n, dtype, (kind_a, kind_b))
+    assert_gemm_close(product(form, a, b), form, a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("out_kind", ["C", "F", "step2"])
+def test_gemm_writes_into_out(rng, out_kind, dtype):
+    a, b = operands(rng, "nn", 19, 33, 27, dtype)
+    out = layout(np.full((19, 27), np.nan, dtype), out_kind)
+    result = K.matmul(a, b, out=out)
+    assert result is out
+    assert_gemm_close(out, "nn", a, b)
+
+
+def test_gemm_out_sliced_from_bigger_array(rng):
+    a, b = operands(rng, "nt", 10, 12, 9, np.float64)
+    big = np.full((12, 14), 7.0)
+    K.matmul_nt(a, b, out=big[1:11, 2:11])
+    assert_gemm_close(big[1:11, 2:11], "nt", a, b)
+    assert np.all(big[0] == 7.0) and np.all(big[:, :2] == 7.0) and np.all(big[:, 11:] == 7.0)
+
+
+def test_gemm_rejects_out_overlapping_an_input(rng):
+    a = rng.standard_normal((8, 8))
+    with pytest.raises(ValueError, match="overlap"):
+        K.matmul(a, a.copy(), out=a)
+    with pytest.raises(ValueError, match="overlap"):
+        K.matmul_tn(a, a.copy(), out=a[::-1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("form", FORMS)
+def test_gemm_k_zero_gives_zeros(form, dtype):
+    a = np.zeros((0, 5) if form == "tn" else (5, 0), dtype)
+    b = np.zeros((4, 0) if form == "nt" else (0, 4), dtype)
+    out = np.full((5, 4), np.nan, dtype)
+    assert np.all(product(form, a, b) == 0)
+    assert np.all(product(form, a, b, out=out) == 0)
+
+
+def test_gemm_empty_output():
+    assert K.matmul(np.ones((0, 3)), np.ones((3, 4))).shape == (0, 4)
+    assert K.matmul(np.ones((2, 3)), np.ones((3, 0))).shape == (2, 0)
+
+
+def test_gemm_inf_and_nan_propagate():
+    a = np.array([[np.inf, 1.0], [np.nan, 0.0]])
+    got, want = both(K.matmul, a, np.ones((2, 3)))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_deterministic_across_calls_and_thread_counts(rng, dtype):
+    # big enough for the multithreaded path, k spans several k-blocks
+    a, b = operands(rng, "nt", 130, 700, 300, dtype)
+    before = numba.get_num_threads()
+    try:
+        runs = []
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            runs += [K.matmul_nt(a, b) for _ in range(3)]
+    finally:
+        numba.set_num_threads(before)
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r, runs[0])
+
+
+# ----------------------------------------------------------------------------
+# fused dense layer and activations
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", K.ACTIVATIONS)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 13, 5), (64, 256, 40), (37, 100, 33)])
+def test_dense_forward_matches_reference_and_unfused(rng, shape, activation, dtype):
+    m, k, n = shape
+    x = rng.standard_normal((m, k)).astype(dtype)
+    W = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(dtype)
+    b = rng.standard_normal(n).astype(dtype)
+    got, want = both(K.dense_forward, x, W, b, activation, 0.1)
+    assert got.dtype == dtype and got.shape == (m, n)
+    tol = 20 * rtol(dtype) * max(1.0, float(np.abs(x).max() * np.abs(W).sum(0).max()))
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    # the same numbers as the three kernels run one after another
+    unfused = K.activate(K.matmul(x, W) + b, activation, 0.1)
+    np.testing.assert_allclose(got, unfused, rtol=4 * np.finfo(dtype).eps,
+                               atol=4 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_forward_non_contiguous_and_k_zero(rng, dtype):
+    x = layout(rng.standard_normal((9, 14)).astype(dtype), "step2")
+    W = layout(rng.standard_normal((14, 6)).astype(dtype), "reversed")
+    b = rng.standard_normal(12).astype(dtype)[::2]
+    got, want = both(K.dense_forward, x, W, b, "tanh")
+    np.testing.assert_allclose(got, want, rtol=100 * rtol(dtype), atol=100 * rtol(dtype))
+    got = K.dense_forward(np.ones((3, 0), dtype), np.ones((0, 6), dtype), b, "relu")
+    np.testing.assert_array_equal(got, np.broadcast_to(np.maximum(b, 0), (3, 6)))
+
+
+def elementwise_tol(dtype):
+    return {"rtol": 8 * np.finfo(dtype).eps, "atol": 8 * np.finfo(dtype).eps}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", K.ACTIVATIONS)
+@pytest.mark.parametrize("kind", ["C", "F", "reversed"])
+def test_activations_match_reference(rng, kind, activation, dtype):
+    a = layout((4 * rng.standard_normal((17, 23))).astype(dtype), kind)
+    a[0, :3] = [0, 60, -60]
+    y, y_ref = both(K.activate, a, activation, 0.2)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, y_ref, **elementwise_tol(dtype))
+    dy = layout(rng.standard_normal(a.shape).astype(dtype), kind)
+    da, da_ref = both(K.activation_backward, dy, y_ref, activation, 0.2)
+    np.testing.assert_allclose(da, da_ref, **elementwise_tol(dtype))
+    (da2, db), (da2_ref, db_ref) = both(K.activation_bias_backward, dy, y_ref, activation, 0.2)
+    np.testing.assert_allclose(da2, da_ref, **elementwise_tol(dtype))
+    np.testing.assert_allclose(db, db_ref, rtol=50 * np.finfo(dtype).eps,
+                               atol=50 * np.finfo(dtype).eps * np.abs(da_ref).sum(0).max())
+    # the fused backward is the unfused one plus a column sum
+    np.testing.assert_array_equal(da2, da)
+
+
+def test_activations_keep_nan():
+    a = np.array([[np.nan, 1.0, -1.0]])
+    for activation in K.ACTIVATIONS:
+        assert np.isnan(K.activate(a, activation)[0, 0]), activation
+
+
+def test_activation_bias_backward_deterministic(rng):
+    dy = rng.standard_normal((300, 257)).astype(np.float32)
+    y = np.abs(rng.standard_normal((300, 257))).astype(np.float32)
+    first = K.activation_bias_backward(dy, y, "relu")
+    for _ in range(3):
+        again = K.activation_bias_backward(dy, y, "relu")
+        np.testing.assert_array_equal(again[0], first[0])
+        np.testing.assert_array_equal(again[1], first[1])
+
+
+# ----------------------------------------------------------------------------
+# fused losses
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (64, 784), (300, 301)])
+def test_bernoulli_nll_matches_reference(rng, shape, dtype):
+    logits = (5 * rng.standard_normal(shape)).astype(dtype)
+    x = (rng.random(shape) < 0.4).astype(dtype)
+    x[0, 0] = 0.3  # targets need not be binary
+    (nll, dl), (nll_ref, dl_ref) = both(K.bernoulli_nll_logits, logits, x, 0.25)
+    assert nll.shape == (shape[0],) and nll.dtype == dtype and dl.dtype == dtype
+    scale = (np.abs(logits) + 1).sum(axis=1)
+    np.testing.assert_allclose(nll, nll_ref, rtol=0, atol=4 * rtol(dtype) * scale.max())
+    np.testing.assert_allclose(dl, dl_ref, **elementwise_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bernoulli_nll_extreme_logits_are_exact(dtype):
+    logits = np.array([[1000, -1000, 1000, -1000, 0]], dtype)
+    x = np.array([[1, 0, 0, 1, 1]], dtype)
+    nll, dl = K.bernoulli_nll_logits(logits, x)
+    assert np.all(np.isfinite(nll)) and np.all(np.isfinite(dl))
+    # per element: 0, 0, 1000, 1000, log 2
+    assert nll[0] == pytest.approx(2000 + np.log(2), rel=np.finfo(dtype).eps * 4)
+    np.testing.assert_array_equal(dl, np.array([[0, 0, 1, -1, -0.5]], dtype))
+    nll1, _ = K.bernoulli_nll_logits(logits[:, :1], x[:, :1])
+    assert nll1[0] == 0
+
+
+def test_bernoulli_nll_non_contiguous(rng):
+    logits = layout(rng.standard_normal((20, 30)), "F")
+    x = layout((rng.random((20, 30)) < 0.5).astype(np.float64), "step2")
+    (nll, dl), (nll_ref, dl_ref) = both(K.bernoulli_nll_logits, logits, x, 1.0)
+    np.testing.assert_allclose(nll, nll_ref, rtol=1e-13)
+    np.testing.assert_allclose(dl, dl_ref, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["C", "F", "step2"])
+def test_reparam_kl_matches_reference(rng, kind, dtype):
+    mu, logvar, eps, dz = (layout(rng.standard_normal((13, 7)).astype(dtype), kind)
+                           for _ in range(4))
+    fwd, fwd_ref = both(K.reparam_kl_forward, mu, logvar, eps)
+    for got, want in zip(fwd, fwd_ref, strict=True):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, **elementwise_tol(dtype))
+    sigma = fwd_ref[1]
+    bwd, bwd_ref = both(K.reparam_kl_backward, dz, mu, eps, sigma, 0.7)
+    for got, want in zip(bwd, bwd_ref, strict=True):
+        np.testing.assert_allclose(got, want, **elementwise_tol(dtype))
+
+
+# ----------------------------------------------------------------------------
+# optimizer updates
+# ----------------------------------------------------------------------------
+
+#: sizes around the vector width (8 / 4 lanes) and above the multithreading threshold
+UPDATE_SIZES = (1, 7, 8, 9, 1001, 300_007)
+
+
+def run_updates(update, size, dtype, steps, rng, n_state, **hyper):
+    """Run `steps` updates with both backends from the same start; return both final states."""
+    p0 = rng.standard_normal(size).astype(dtype)
+    grads = [rng.standard_normal(size).astype(dtype) for _ in range(steps)]
+    results = []
+    for backend in ("numba", "numpy"):
+        p = p0.copy()
+        state = [np.zeros(size, dtype) for _ in range(n_state)]
+        with K.use_backend(backend):
+            for t, g in enumerate(grads, start=1):
+                update(p, g, *state, t, **hyper)
+        results.append([p, *state])
+    return results
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", UPDATE_SIZES)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adam_matches_reference(rng, weight_decay, size, dtype):
+    def adam(p, g, m, v, t, **hyper):
+        K.adam_update(p, g, m, v, step=t, **hyper)
+
+    got, want = run_updates(adam, size, dtype, 3, rng, 2, lr=1e-2, beta1=0.9, beta2=0.999,
+                            eps=1e-8, weight_decay=weight_decay)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=16 * np.finfo(dtype).eps, atol=1e-6
+                                   if dtype == np.float32 else 1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", UPDATE_SIZES)
+@pytest.mark.parametrize("nesterov, weight_decay", [(False, 0.0), (True, 0.01)])
+def test_sgd_matches_reference(rng, nesterov, weight_decay, size, dtype):
+    def sgd(p, g, vel, t, **hyper):
+        K.sgd_update(p, g, vel, **hyper)
+
+    got, want = run_updates(sgd, size, dtype, 3, rng, 1, lr=0.1, momentum=0.9,
+                            nesterov=nesterov, weight_decay=weight_decay)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=16 * np.finfo(dtype).eps,
+                                   atol=16 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", UPDATE_SIZES)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_adagrad_matches_reference(rng, weight_decay, size, dtype):
+    def adagrad(p, g, acc, t, **hyper):
+        K.adagrad_update(p, g, acc, **hyper)
+
+    got, want = run_updates(adagrad, size, dtype, 3, rng, 1, lr=0.1, eps=1e-10,
+                            weight_decay=weight_decay)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=16 * np.finfo(dtype).eps,
+                                   atol=16 * np.finfo(dtype).eps)
+
+
+def test_updates_reach_two_dimensional_parameters(rng):
+    # kernels.py flattens (n, d) parameters; the update must land in the original array
+    p = rng.standard_normal((40, 30)).astype(np.float32)
+    p_ref = p.copy()
+    g = rng.standard_normal((40, 30)).astype(np.float32)
+    state = [np.zeros_like(p) for _ in range(2)]
+    state_ref = [np.zeros_like(p) for _ in range(2)]
+    K.adam_update(p, g, *state, 1e-3, 0.9, 0.999, 1e-8, 1)
+    with K.use_backend("numpy"):
+        K.adam_update(p_ref, g, *state_ref, 1e-3, 0.9, 0.999, 1e-8, 1)
+    np.testing.assert_allclose(p, p_ref, rtol=1e-6)
+    assert not np.array_equal(p, g)

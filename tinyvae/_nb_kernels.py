@@ -1,0 +1,163 @@
+"""Numba backend of :mod:`tinyvae.kernels`: one function per public kernel, same meaning.
+
+:mod:`tinyvae.kernels` validates the arguments and calls these; they only
+arrange memory (contiguous views, output arrays, scalars cast to the arrays'
+dtype, one thread or all) and hand over to the compiled kernels in
+
+* :mod:`tinyvae._gemm`    packed, register-tiled GEMM with a bias + activation epilogue,
+* :mod:`tinyvae._fused`   single-pass activations, Bernoulli NLL, reparameterization + KL,
+* :mod:`tinyvae._updates` vectorised Adam / SGD / Adagrad steps,
+* :mod:`tinyvae._simd`    the 256-bit vector type and operations they are written with.
+
+Results never depend on the number of threads: threads split outputs, never sums.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from tinyvae import _fused, _updates
+from tinyvae._gemm import gemm, gemm_into
+
+__all__ = [
+    "gemm", "dense_forward", "activate", "activation_backward", "activation_bias_backward",
+    "bernoulli_nll_logits", "reparam_kl_forward", "reparam_kl_backward",
+    "adam_update", "sgd_update", "adagrad_update",
+]
+
+
+def _flat(x):
+    """A 1-D contiguous view of x (a copy only if x is not contiguous)."""
+    return np.ascontiguousarray(x).reshape(-1)
+
+
+def _chunks(size, threshold):
+    """How many threads to use on an array of `size` elements (1 below the threshold)."""
+    return numba.get_num_threads() if size >= threshold else 1
+
+
+# ----------------------------------------------------------------------------
+# dense layer and activations
+# ----------------------------------------------------------------------------
+
+
+def dense_forward(x, W, b, act_code, alpha):
+    """y = act(x @ W + b); x (n, fan_in), W (fan_in, fan_out), b (fan_out,) -> y (n, fan_out)."""
+    y = np.empty((x.shape[0], W.shape[1]), x.dtype)
+    return gemm_into(y, x, W, False, False, bias=np.ascontiguousarray(b), act=act_code,
+                     alpha=x.dtype.type(alpha))
+
+
+def activate(a, act_code, alpha):
+    """y = act(a), a new C-contiguous array of a's shape and dtype."""
+    y = np.array(a, order="C", copy=True)
+    _fused.apply_activation(y.reshape(-1), act_code, a.dtype.type(alpha))
+    return y
+
+
+def activation_backward(dy, y, act_code, alpha):
+    """da = dy * act'(a) through y = act(a); dy, y (n, d) -> da (n, d)."""
+    da = np.empty(y.shape, y.dtype)
+    _fused.activation_grad_into(_flat(dy), _flat(y), act_code, y.dtype.type(alpha),
+                                da.reshape(-1))
+    return da
+
+
+def activation_bias_backward(dy, y, act_code, alpha):
+    """(da, db): da = dy * act'(a), db = da.sum(axis=0); dy, y (n, d) -> (n, d), (d,)."""
+    dy = np.ascontiguousarray(dy)
+    y = np.ascontiguousarray(y)
+    da = np.empty(y.shape, y.dtype)
+    db = np.empty(y.shape[1], y.dtype)
+    _fused.activation_bias_grad_into(dy, y, act_code, y.dtype.type(alpha), da, db)
+    return da, db
+
+
+# ----------------------------------------------------------------------------
+# losses
+# ----------------------------------------------------------------------------
+
+
+def bernoulli_nll_logits(logits, x, grad_scale):
+    """(nll (n,), dlogits (n, D)): per-row BCE from logits and grad_scale * (sigmoid(l) - x)."""
+    logits = np.ascontiguousarray(logits)
+    x = np.ascontiguousarray(x, dtype=logits.dtype)
+    nll = np.empty(logits.shape[0], logits.dtype)
+    dlogits = np.empty(logits.shape, logits.dtype)
+    scale = logits.dtype.type(grad_scale)
+    chunks = _chunks(logits.size, _fused.PARALLEL_MIN_SIZE)
+    if chunks > 1 and logits.shape[0] > 1:
+        _fused.bernoulli_nll_parallel(logits, x, scale, nll, dlogits, chunks)
+    else:
+        _fused.bernoulli_nll_serial(logits, x, scale, nll, dlogits)
+    return nll, dlogits
+
+
+def reparam_kl_forward(mu, logvar, eps):
+    """(z, sigma, kl), each (n, d): z = mu + e^(logvar/2) eps, kl per dimension."""
+    z, sigma, kl = (np.empty(mu.shape, mu.dtype) for _ in range(3))
+    _fused.reparam_kl_forward_into(_flat(mu), _flat(logvar), _flat(eps),
+                                   z.reshape(-1), sigma.reshape(-1), kl.reshape(-1))
+    return z, sigma, kl
+
+
+def reparam_kl_backward(dz, mu, eps, sigma, kl_scale):
+    """(dmu, dlogvar), each (n, d), for L = f(z) + kl_scale * sum(kl)."""
+    dmu, dlogvar = np.empty(mu.shape, mu.dtype), np.empty(mu.shape, mu.dtype)
+    _fused.reparam_kl_backward_into(_flat(dz), _flat(mu), _flat(eps), _flat(sigma),
+                                    mu.dtype.type(kl_scale), dmu.reshape(-1),
+                                    dlogvar.reshape(-1))
+    return dmu, dlogvar
+
+
+# ----------------------------------------------------------------------------
+# optimizer updates (in place; p and the state must be contiguous)
+# ----------------------------------------------------------------------------
+
+
+def _check_state(**arrays):
+    for name, arr in arrays.items():
+        if not arr.flags.c_contiguous:
+            raise ValueError(f"{name}: expected a contiguous array to update in place")
+
+
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay):
+    """One bias-corrected Adam step in place on 1-D p, m, v (decoupled weight decay)."""
+    _check_state(p=p, m=m, v=v)
+    g = np.ascontiguousarray(g)
+    t = p.dtype.type
+    args = (p, g, m, v, t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(lr),
+            t(1 / (1 - beta1**step)), t(1 / (1 - beta2**step)), t(eps),
+            t(lr * weight_decay), weight_decay != 0)
+    chunks = _chunks(p.size, _updates.PARALLEL_MIN_SIZE)
+    if chunks > 1:
+        _updates.adam_parallel(*args, chunks)
+    else:
+        _updates.adam_serial(*args)
+
+
+def sgd_update(p, g, vel, lr, momentum, nesterov, weight_decay):
+    """One SGD step with heavy-ball or Nesterov momentum, in place on 1-D p and vel."""
+    _check_state(p=p, velocity=vel)
+    g = np.ascontiguousarray(g)
+    t = p.dtype.type
+    args = (p, g, vel, t(lr), t(momentum), bool(nesterov), t(weight_decay), weight_decay != 0)
+    chunks = _chunks(p.size, _updates.PARALLEL_MIN_SIZE)
+    if chunks > 1:
+        _updates.sgd_parallel(*args, chunks)
+    else:
+        _updates.sgd_serial(*args)
+
+
+def adagrad_update(p, g, accum, lr, eps, weight_decay):
+    """One Adagrad step in place on 1-D p and accum."""
+    _check_state(p=p, accum=accum)
+    g = np.ascontiguousarray(g)
+    t = p.dtype.type
+    args = (p, g, accum, t(lr), t(eps), t(weight_decay), weight_decay != 0)
+    chunks = _chunks(p.size, _updates.PARALLEL_MIN_SIZE)
+    if chunks > 1:
+        _updates.adagrad_parallel(*args, chunks)
+    else:
+        _updates.adagrad_serial(*args)

@@ -1,0 +1,455 @@
+"""256-bit SIMD vectors for Numba kernels, written as LLVM IR intrinsics.
+
+Numba has no vector type of its own, and LLVM's auto-vectoriser does not keep a
+GEMM micro-kernel's accumulators in registers (scalar tiles spill, measured at
+5-7 GFLOP/s). So we give Numba one: :class:`SimdVector` is an LLVM ``<L x T>``
+value (8 x float32 or 4 x float64, one AVX2 ``ymm`` register), and the
+functions below are the handful of operations a kernel needs. Each one is an
+``@intrinsic``: it emits a single LLVM instruction that is inlined into the
+calling ``@njit`` function, so a loop written with them compiles to exactly the
+loads, broadcasts and FMAs it spells out.
+
+Lane count follows the array's dtype: ``lanes(x) == 32 // x.itemsize``. All
+memory operations take a 1-D contiguous array and a flat element index and do
+no bounds checking (the caller guarantees ``i + lanes <= x.size``).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, overload, register_model
+
+VECTOR_BYTES = 32  # AVX2 ymm register
+
+
+class SimdVector(types.Type):
+    """Numba type of an LLVM vector ``<lanes x dtype>`` held in one register."""
+
+    def __init__(self, dtype, lanes):
+        self.dtype = dtype
+        self.lanes = lanes
+        super().__init__(name=f"SimdVector({dtype}, {lanes})")
+
+
+@register_model(SimdVector)
+class _SimdVectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        element = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.lanes))
+
+
+def _float_array(x):
+    return isinstance(x, types.Array) and x.dtype in (types.float32, types.float64)
+
+
+def _vector_of(arrtype):
+    return SimdVector(arrtype.dtype, VECTOR_BYTES // (arrtype.dtype.bitwidth // 8))
+
+
+def _element_pointer(context, builder, arrtype, arr, index):
+    data = context.make_array(arrtype)(context, builder, value=arr).data
+    return builder.gep(data, [index])
+
+
+def _vector_pointer(builder, ptr, vtype):
+    return builder.bitcast(ptr, vtype.as_pointer())
+
+
+@intrinsic
+def lanes(typingctx, x):
+    """Number of lanes of a vector of ``x``'s dtype (a compile-time constant)."""
+    if not _float_array(x):
+        return None
+    n = _vector_of(x).lanes
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, n)
+
+    return types.intp(x), codegen
+
+
+@intrinsic
+def vload(typingctx, x, i):
+    """x[i : i + lanes] as a vector (unaligned load)."""
+    if not _float_array(x) or not isinstance(i, types.Integer):
+        return None
+    vt = _vector_of(x)
+
+    def codegen(context, builder, sig, args):
+        arr, idx = args
+        idx = context.cast(builder, idx, sig.args[1], types.intp)
+        ptr = _element_pointer(context, builder, sig.args[0], arr, idx)
+        lt = context.get_value_type(vt)
+        return builder.load(_vector_pointer(builder, ptr, lt), align=x.dtype.bitwidth // 8)
+
+    return vt(x, i), codegen
+
+
+@intrinsic
+def vstore(typingctx, x, i, v):
+    """x[i : i + lanes] = v (unaligned store)."""
+    if not _float_array(x) or not isinstance(v, SimdVector) or v.dtype != x.dtype:
+        return None
+
+    def codegen(context, builder, sig, args):
+        arr, idx, val = args
+        idx = context.cast(builder, idx, sig.args[1], types.intp)
+        ptr = _element_pointer(context, builder, sig.args[0], arr, idx)
+        builder.store(val, _vector_pointer(builder, ptr, val.type), align=x.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(x, i, v), codegen
+
+
+@intrinsic
+def vbroadcast(typingctx, x, i):
+    """A vector with every lane equal to x[i]."""
+    if not _float_array(x) or not isinstance(i, types.Integer):
+        return None
+    vt = _vector_of(x)
+
+    def codegen(context, builder, sig, args):
+        arr, idx = args
+        idx = context.cast(builder, idx, sig.args[1], types.intp)
+        ptr = _element_pointer(context, builder, sig.args[0], arr, idx)
+        return _splat(context, builder, vt, builder.load(ptr))
+
+    return vt(x, i), codegen
+
+
+def _splat(context, builder, vt, scalar):
+    lt = context.get_value_type(vt)
+    one = builder.insert_element(ir.Constant(lt, ir.Undefined), scalar,
+                                 ir.Constant(ir.IntType(32), 0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.lanes), [0] * vt.lanes)
+    return builder.shuffle_vector(one, ir.Constant(lt, ir.Undefined), mask)
+
+
+@intrinsic
+def vsplat(typingctx, x, s):
+    """A vector of x's dtype with every lane equal to the scalar s (converted)."""
+    if not _float_array(x) or not isinstance(s, (types.Float, types.Integer)):
+        return None
+    vt = _vector_of(x)
+
+    def codegen(context, builder, sig, args):
+        scalar = context.cast(builder, args[1], sig.args[1], vt.dtype)
+        return _splat(context, builder, vt, scalar)
+
+    return vt(x, s), codegen
+
+
+@intrinsic
+def vzero(typingctx, x):
+    """A vector of zeros of x's dtype."""
+    if not _float_array(x):
+        return None
+    vt = _vector_of(x)
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(context.get_value_type(vt), None)
+
+    return vt(x), codegen
+
+
+def _call_llvm_intrinsic(builder, name, vtype, operands):
+    fnty = ir.FunctionType(vtype, [vtype] * len(operands))
+    suffix = f"v{vtype.count}f{32 if isinstance(vtype.element, ir.FloatType) else 64}"
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.{name}.{suffix}")
+    return builder.call(fn, operands)
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """a * b + c, lane by lane, with one rounding (vfmadd)."""
+    if not (isinstance(a, SimdVector) and a == b == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _call_llvm_intrinsic(builder, "fma", args[0].type, list(args))
+
+    return a(a, b, c), codegen
+
+
+def _binary(op):
+    def binary(typingctx, a, b):
+        if not (isinstance(a, SimdVector) and a == b):
+            return None
+
+        def codegen(context, builder, sig, args):
+            if op in ("maxnum", "minnum"):
+                return _call_llvm_intrinsic(builder, op, args[0].type, list(args))
+            return getattr(builder, op)(*args)
+
+        return a(a, b), codegen
+
+    binary.__name__ = binary.__qualname__ = f"v{op}"
+    return intrinsic(binary)
+
+
+vadd = _binary("fadd")
+vsub = _binary("fsub")
+vmul = _binary("fmul")
+vdiv = _binary("fdiv")
+vmax = _binary("maxnum")
+vmin = _binary("minnum")
+
+
+@intrinsic
+def vsqrt(typingctx, a):
+    """Square root, lane by lane (vsqrtps/pd)."""
+    if not isinstance(a, SimdVector):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _call_llvm_intrinsic(builder, "sqrt", args[0].type, list(args))
+
+    return a(a), codegen
+
+
+@intrinsic
+def scalar_like(typingctx, x, s):
+    """The scalar s converted to x's dtype (keeps float32 loops in float32)."""
+    if not _float_array(x) or not isinstance(s, (types.Float, types.Integer, types.Boolean)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return context.cast(builder, args[1], sig.args[1], x.dtype)
+
+    return x.dtype(x, s), codegen
+
+
+# ----------------------------------------------------------------------------
+# arithmetic operators, so one formula serves both scalars and vectors
+# ----------------------------------------------------------------------------
+
+
+@intrinsic
+def _splat_like(typingctx, v, s):
+    if not isinstance(v, SimdVector) or not isinstance(s, (types.Float, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        scalar = context.cast(builder, args[1], sig.args[1], v.dtype)
+        return _splat(context, builder, v, scalar)
+
+    return v(v, s), codegen
+
+
+def _overload_binary(op, vector_fn):
+    def impl(a, b):
+        if isinstance(a, SimdVector) and a == b:
+            return lambda a, b: vector_fn(a, b)
+        if isinstance(a, SimdVector) and isinstance(b, (types.Float, types.Integer)):
+            return lambda a, b: vector_fn(a, _splat_like(a, b))
+        if isinstance(b, SimdVector) and isinstance(a, (types.Float, types.Integer)):
+            return lambda a, b: vector_fn(_splat_like(b, a), b)
+        return None
+
+    overload(op)(impl)
+
+
+_overload_binary(operator.add, vadd)
+_overload_binary(operator.sub, vsub)
+_overload_binary(operator.mul, vmul)
+_overload_binary(operator.truediv, vdiv)
+
+
+def sqrt(x):
+    """Square root of a scalar or, lane by lane, of a SimdVector (inside @njit code)."""
+    return math.sqrt(x)
+
+
+@overload(sqrt)
+def _sqrt_overload(x):
+    if isinstance(x, SimdVector):
+        return lambda x: vsqrt(x)
+    if isinstance(x, types.Float):
+        return lambda x: math.sqrt(x)
+    return None
+
+
+# ----------------------------------------------------------------------------
+# scalar memory access without Numba's negative-index wraparound
+# ----------------------------------------------------------------------------
+
+
+@intrinsic
+def load(typingctx, x, i):
+    """x[i] for a flat index 0 <= i < x.size (no wraparound test: packing loops stay tight)."""
+    if not _float_array(x) or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        return builder.load(_element_pointer(context, builder, sig.args[0], args[0], idx))
+
+    return x.dtype(x, i), codegen
+
+
+@intrinsic
+def store(typingctx, x, i, v):
+    """x[i] = v for a flat index 0 <= i < x.size (v converted to x's dtype)."""
+    if not _float_array(x) or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        val = context.cast(builder, args[2], sig.args[2], x.dtype)
+        builder.store(val, _element_pointer(context, builder, sig.args[0], args[0], idx))
+        return context.get_dummy_value()
+
+    return types.none(x, i, v), codegen
+
+
+# ----------------------------------------------------------------------------
+# in-register transpose, for packing GEMM panels from the "wrong" layout
+# ----------------------------------------------------------------------------
+
+
+@intrinsic
+def transpose_block(typingctx, src, src_off, src_stride, nrows, dst, dst_off, dst_stride):
+    """Copy a lanes x lanes block, transposed.
+
+    dst[dst_off + c*dst_stride + r] = src[src_off + r*src_stride + c] for r, c < lanes.
+
+    Rows r >= nrows repeat row nrows - 1 (they must exist in dst, not in src).
+    Uses log2(lanes) rounds of shuffles that swap the off-diagonal h x h blocks
+    of every 2h x 2h block; after h = lanes/2, ..., 1 the block is transposed.
+    """
+    if not (_float_array(src) and _float_array(dst) and src.dtype == dst.dtype):
+        return None
+    vt = _vector_of(src)
+    L = vt.lanes
+
+    def codegen(context, builder, sig, args):
+        s, so, ss, nr, d, do, ds = args
+        tys = sig.args
+        so, ss, nr, do, ds = (context.cast(builder, v, t, types.intp)
+                              for v, t in zip((so, ss, nr, do, ds),
+                                              (tys[1], tys[2], tys[3], tys[5], tys[6]), strict=True))
+        lt = context.get_value_type(vt)
+        last = builder.sub(nr, ir.Constant(nr.type, 1))
+        rows = []
+        for r in range(L):
+            rr = ir.Constant(nr.type, r)
+            row = builder.select(builder.icmp_signed("<", rr, nr), rr, last)
+            off = builder.add(so, builder.mul(row, ss))
+            ptr = _element_pointer(context, builder, tys[0], s, off)
+            rows.append(builder.load(_vector_pointer(builder, ptr, lt), align=src.dtype.bitwidth // 8))
+        i32 = ir.IntType(32)
+        h = L // 2
+        while h >= 1:
+            lo_mask = ir.Constant(ir.VectorType(i32, L),
+                                  [c if c & h == 0 else c - h + L for c in range(L)])
+            hi_mask = ir.Constant(ir.VectorType(i32, L),
+                                  [c + h if c & h == 0 else c + L for c in range(L)])
+            new = list(rows)
+            for r in range(L):
+                if r & h == 0:
+                    new[r] = builder.shuffle_vector(rows[r], rows[r + h], lo_mask)
+                    new[r + h] = builder.shuffle_vector(rows[r], rows[r + h], hi_mask)
+            rows = new
+            h //= 2
+        for c in range(L):
+            off = builder.add(do, builder.mul(ir.Constant(do.type, c), ds))
+            ptr = _element_pointer(context, builder, tys[4], d, off)
+            builder.store(rows[c], _vector_pointer(builder, ptr, lt), align=dst.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(src, src_off, src_stride, nrows, dst, dst_off, dst_stride), codegen
+
+
+# ----------------------------------------------------------------------------
+# exp for loops the compiler can vectorise
+# ----------------------------------------------------------------------------
+
+# float32: Taylor degree 7, float64: degree 13, on |r| <= ln(2)/2: truncation
+# error below half an ulp (0.347^8/8! = 6e-9, 0.347^14/14! = 4e-18).
+_EXP_DEGREE = {32: 7, 64: 13}
+_EXP_FORMAT = {32: (23, 127, ir.IntType(32)), 64: (52, 1023, ir.IntType(64))}
+# ln 2 split so n * _LN2_HI is exact for |n| < 2^11 (Cody & Waite)
+_LN2_HI = {32: 0.693145751953125, 64: 0.6931471803691238}
+_LN2_LO = {32: 1.428606765330187e-06, 64: 1.9082149292705877e-10}
+#: below this the result is flushed to exactly 0 (e^x would be subnormal)
+_EXP_MIN = {32: -87.0, 64: -708.0}
+
+
+@intrinsic
+def exp_nonpositive(typingctx, x):
+    """e^x for x <= 0 (e^x = 0 below -87 / -708; NaN stays NaN), in plain vectorisable IR.
+
+    x = n ln2 + r, |r| <= ln2/2; e^x = 2^n * poly(r), 2^n built from its exponent
+    bits. The instructions carry no fast-math flags, so the ln 2 split survives
+    the reassociation our kernels otherwise allow. Accurate to ~1 ulp.
+    """
+    if not isinstance(x, types.Float):
+        return None
+    bits = x.bitwidth
+
+    def codegen(context, builder, sig, args):
+        (v,) = args
+        ft = v.type
+        mant, bias, it = _EXP_FORMAT[bits]
+
+        def const(c):
+            return ir.Constant(ft, c)
+
+        def fma(a, b, c):
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ft, [ft] * 3),
+                                                f"llvm.fma.f{bits}")
+            return builder.call(fn, [a, b, c])
+
+        floor = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ft, [ft]),
+                                               f"llvm.floor.f{bits}")
+        lo = builder.fcmp_ordered("<", v, const(_EXP_MIN[bits]))
+        vc = builder.select(lo, const(_EXP_MIN[bits]), v)
+        n = builder.call(floor, [fma(vc, const(1.4426950408889634), const(0.5))])
+        r = fma(n, const(-_LN2_HI[bits]), vc)
+        r = fma(n, const(-_LN2_LO[bits]), r)
+        degree = _EXP_DEGREE[bits]
+        p = const(1.0 / math.factorial(degree))
+        for k in range(degree - 1, -1, -1):
+            p = fma(p, r, const(1.0 / math.factorial(k)))
+        e = builder.add(builder.fptosi(n, it), ir.Constant(it, bias))
+        scale = builder.bitcast(builder.shl(e, ir.Constant(it, mant)), ft)
+        y = builder.select(lo, const(0.0), builder.fmul(p, scale))
+        return builder.select(builder.fcmp_unordered("uno", v, v), v, y)
+
+    return x(x), codegen
+
+
+# log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3 on [0, 1]: the odd series in s
+# converges by s^2 <= 1/9 per term; 8 terms (float32) / 17 (float64) reach ulp level.
+_LOG1P_TERMS = {32: 8, 64: 17}
+
+
+@intrinsic
+def log1p_unit(typingctx, x):
+    """log(1 + x) for 0 <= x <= 1 (the softplus tail log1p(e^-|v|)), vectorisable IR.
+
+    Relative accuracy holds for tiny x too (s ~ x / 2), so no log(1 + tiny) cancellation.
+    """
+    if not isinstance(x, types.Float):
+        return None
+    bits = x.bitwidth
+
+    def codegen(context, builder, sig, args):
+        (v,) = args
+        ft = v.type
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ft, [ft] * 3),
+                                             f"llvm.fma.f{bits}")
+        s = builder.fdiv(v, builder.fadd(v, ir.Constant(ft, 2.0)))
+        s2 = builder.fmul(s, s)
+        terms = _LOG1P_TERMS[bits]
+        p = ir.Constant(ft, 2.0 / (2 * terms - 1))
+        for k in range(terms - 2, -1, -1):
+            p = builder.call(fma, [p, s2, ir.Constant(ft, 2.0 / (2 * k + 1))])
+        return builder.fmul(p, s)
+
+    return x(x), codegen

@@ -1,0 +1,159 @@
+"""Optimizer updates as single-pass Numba kernels over 1-D contiguous parameter arrays.
+
+Each update is one formula (``_adam``, ``_sgd``, ``_adagrad``) written once and
+applied twice: to 256-bit SimdVectors over the bulk of the array, then to the
+scalars of the tail. Explicit vectors matter here: LLVM leaves a loop that
+calls sqrt scalar, and Adam over the 653k parameters of the canonical VAE went
+from ~2.0 ms (scalar Numba) to ~0.3 ms with vectors (PERF_NOTES).
+
+Every scalar argument arrives cast to the arrays' dtype, so float32 stays float32.
+Large arrays are cut into chunks over threads; elements are independent, so the
+result does not depend on the split.
+"""
+
+from __future__ import annotations
+
+from numba import prange
+
+from tinyvae._numba import njit, njit_parallel
+from tinyvae._simd import lanes, sqrt, vload, vstore
+
+#: arrays at least this long are updated by all threads
+PARALLEL_MIN_SIZE = 1 << 17
+
+
+@njit
+def _chunk(c, n_chunks, n, width):
+    """[i0, i1) of chunk c of n elements cut into n_chunks; inner edges are multiples of width."""
+    per = (n // n_chunks + width - 1) // width * width
+    i1 = n if c == n_chunks - 1 else min((c + 1) * per, n)
+    return min(c * per, n), i1
+
+
+# ----------------------------------------------------------------------------
+# Adam
+# ----------------------------------------------------------------------------
+
+
+@njit
+def _adam(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay):
+    """m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  p <- p - lr m_hat / (sqrt(v_hat) + eps)."""
+    m = b1 * m + c1 * g
+    v = b2 * v + c2 * (g * g)
+    if decay:
+        p = p - lr_wd * p
+    p = p - lr * (m * inv_bc1) / (sqrt(v * inv_bc2) + eps)
+    return p, m, v
+
+
+@njit
+def _adam_range(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay, i0, i1):
+    L = lanes(p)
+    i = i0
+    while i + L <= i1:
+        pv, mv, vv = _adam(vload(p, i), vload(g, i), vload(m, i), vload(v, i), b1, c1, b2, c2,
+                           lr, inv_bc1, inv_bc2, eps, lr_wd, decay)
+        vstore(p, i, pv)
+        vstore(m, i, mv)
+        vstore(v, i, vv)
+        i += L
+    for j in range(i, i1):
+        p[j], m[j], v[j] = _adam(p[j], g[j], m[j], v[j], b1, c1, b2, c2,
+                                 lr, inv_bc1, inv_bc2, eps, lr_wd, decay)
+
+
+@njit
+def adam_serial(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay):
+    _adam_range(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay, 0, p.size)
+
+
+@njit_parallel
+def adam_parallel(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay,
+                  n_chunks):
+    for c in prange(n_chunks):
+        i0, i1 = _chunk(c, n_chunks, p.size, lanes(p))
+        _adam_range(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay, i0, i1)
+
+
+# ----------------------------------------------------------------------------
+# SGD with momentum
+# ----------------------------------------------------------------------------
+
+
+@njit
+def _sgd(p, g, vel, lr, momentum, nesterov, wd, decay):
+    """g' = g + wd p;  vel <- momentum vel + g';  p <- p - lr (g' + momentum vel | vel)."""
+    if decay:
+        g = g + wd * p
+    vel = momentum * vel + g
+    if nesterov:
+        p = p - lr * (g + momentum * vel)
+    else:
+        p = p - lr * vel
+    return p, vel
+
+
+@njit
+def _sgd_range(p, g, vel, lr, momentum, nesterov, wd, decay, i0, i1):
+    L = lanes(p)
+    i = i0
+    while i + L <= i1:
+        pv, velv = _sgd(vload(p, i), vload(g, i), vload(vel, i), lr, momentum, nesterov, wd,
+                        decay)
+        vstore(p, i, pv)
+        vstore(vel, i, velv)
+        i += L
+    for j in range(i, i1):
+        p[j], vel[j] = _sgd(p[j], g[j], vel[j], lr, momentum, nesterov, wd, decay)
+
+
+@njit
+def sgd_serial(p, g, vel, lr, momentum, nesterov, wd, decay):
+    _sgd_range(p, g, vel, lr, momentum, nesterov, wd, decay, 0, p.size)
+
+
+@njit_parallel
+def sgd_parallel(p, g, vel, lr, momentum, nesterov, wd, decay, n_chunks):
+    for c in prange(n_chunks):
+        i0, i1 = _chunk(c, n_chunks, p.size, lanes(p))
+        _sgd_range(p, g, vel, lr, momentum, nesterov, wd, decay, i0, i1)
+
+
+# ----------------------------------------------------------------------------
+# Adagrad
+# ----------------------------------------------------------------------------
+
+
+@njit
+def _adagrad(p, g, acc, lr, eps, wd, decay):
+    """g' = g + wd p;  acc <- acc + g'^2;  p <- p - lr g' / (sqrt(acc) + eps)."""
+    if decay:
+        g = g + wd * p
+    acc = acc + g * g
+    p = p - lr * g / (sqrt(acc) + eps)
+    return p, acc
+
+
+@njit
+def _adagrad_range(p, g, acc, lr, eps, wd, decay, i0, i1):
+    L = lanes(p)
+    i = i0
+    while i + L <= i1:
+        pv, accv = _adagrad(vload(p, i), vload(g, i), vload(acc, i), lr, eps, wd, decay)
+        vstore(p, i, pv)
+        vstore(acc, i, accv)
+        i += L
+    for j in range(i, i1):
+        p[j], acc[j] = _adagrad(p[j], g[j], acc[j], lr, eps, wd, decay)
+
+
+@njit
+def adagrad_serial(p, g, acc, lr, eps, wd, decay):
+    _adagrad_range(p, g, acc, lr, eps, wd, decay, 0, p.size)
+
+
+@njit_parallel
+def adagrad_parallel(p, g, acc, lr, eps, wd, decay, n_chunks):
+    for c in prange(n_chunks):
+        i0, i1 = _chunk(c, n_chunks, p.size, lanes(p))
+        _adagrad_range(p, g, acc, lr, eps, wd, decay, i0, i1)
