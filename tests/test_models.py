@@ -363,3 +363,12 @@ def test_optimizer_by_hand_matches_reference_formulae():
     np.testing.assert_allclose(r["w"], [0.9])
     with pytest.raises(ValueError, match="grads: expected the keys"):
         opt.step(p, {"v": g["w"]})
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_update_kernels_refuse_non_contiguous_parameters(backend):
+    """reshape(-1) of a strided view is a copy: an in-place update would be lost."""
+    p = np.zeros((4, 6))[:, ::2]
+    with tv.use_backend(backend), pytest.raises(ValueError, match="p: expected a C-contiguous"):
+        kernels.adam_update(p, np.ones_like(p), np.zeros_like(p), np.zeros_like(p),
+                            1e-3, 0.9, 0.999, 1e-8, 1)

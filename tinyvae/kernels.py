@@ -259,6 +259,8 @@ def activation_bias_backward(dy: np.ndarray, y: np.ndarray, activation: str,
     dy, y (n, d) -> da (n, d), db (d,)
     """
     code = _activation_code(activation)
+    if dy.ndim != 2 or dy.shape != y.shape:
+        raise ValueError(f"dy: expected a 2-D array shaped like y {y.shape}, got {dy.shape}")
     if _numba_active():
         return _nb().activation_bias_backward(dy, y, code, float(alpha))
     da = dy * _np_activation_grad(y, activation, alpha)
@@ -322,6 +324,18 @@ def reparam_kl_backward(dz: np.ndarray, mu: np.ndarray, eps: np.ndarray, sigma: 
 # ----------------------------------------------------------------------------
 
 
+def _check_in_place(**arrays):
+    """The update kernels work on flat views; a non-contiguous array would be copied
+    by reshape(-1) and the in-place update silently lost."""
+    first = next(iter(arrays.values()))
+    for name, arr in arrays.items():
+        if not isinstance(arr, np.ndarray) or not arr.flags.c_contiguous:
+            raise ValueError(f"{name}: expected a C-contiguous numpy array (updated in place)")
+        if arr.shape != first.shape or arr.dtype != first.dtype:
+            raise ValueError(f"{name}: expected shape {first.shape} and dtype {first.dtype}, "
+                             f"got {arr.shape} {arr.dtype}")
+
+
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0):
     """One Adam step in place (Kingma & Ba 2015, bias-corrected; decoupled weight decay).
 
@@ -329,6 +343,7 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0):
     p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) - lr * wd * p
     All arrays share one shape and dtype; `step` t counts from 1.
     """
+    _check_in_place(p=p, g=g, m=m, v=v)
     if _numba_active():
         _nb().adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
                           float(lr), float(beta1), float(beta2), float(eps), int(step),
@@ -351,6 +366,7 @@ def sgd_update(p, g, velocity, lr, momentum, nesterov=False, weight_decay=0.0):
 
     g' = g + wd p;  v <- momentum v + g';  p <- p - lr (g' + momentum v if nesterov else v)
     """
+    _check_in_place(p=p, g=g, velocity=velocity)
     if _numba_active():
         _nb().sgd_update(p.reshape(-1), g.reshape(-1), velocity.reshape(-1), float(lr),
                          float(momentum), bool(nesterov), float(weight_decay))
@@ -368,6 +384,7 @@ def adagrad_update(p, g, accum, lr, eps, weight_decay=0.0):
 
     g' = g + wd p;  a <- a + g'^2;  p <- p - lr g' / (sqrt(a) + eps)
     """
+    _check_in_place(p=p, g=g, accum=accum)
     if _numba_active():
         _nb().adagrad_update(p.reshape(-1), g.reshape(-1), accum.reshape(-1), float(lr),
                              float(eps), float(weight_decay))
