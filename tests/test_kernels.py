@@ -8,6 +8,9 @@ must give the same bits on every call and for any thread count.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+
 import numba
 import numpy as np
 import pytest
@@ -199,6 +202,65 @@ def test_gemm_deterministic_across_calls_and_thread_counts(rng, dtype):
         np.testing.assert_array_equal(r, runs[0])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("n", [4, 8, 24, 40, 65])
+def test_gemm_narrow_outputs(rng, n, form, dtype):
+    # narrow C takes the half-width kernel and reads a row-major A in place (both
+    # only when there are few column panels)
+    a, b = operands(rng, form, 64, 300, n, dtype)
+    assert_gemm_close(product(form, a, b), form, a, b)
+
+
+def test_gemm_read_only_inputs(rng):
+    # A read in place must not be unified with the writable packing buffer (one
+    # dtype only: each read-only signature compiles the GEMM chain again)
+    a, b = operands(rng, "nn", 64, 300, 40, np.float32)
+    a.flags.writeable = False
+    b.flags.writeable = False
+    assert_gemm_close(K.matmul(a, b), "nn", a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_narrow_output_same_bits_for_any_thread_count(rng, dtype):
+    a, b = operands(rng, "nn", 301, 700, 40, dtype)  # > PARALLEL_MIN_FLOPS: split by rows
+    before = numba.get_num_threads()
+    try:
+        runs = []
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            runs.append(K.matmul(a, b))
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(runs[-1], runs[0])
+
+
+def _threaded_matmul_in_child(queue):
+    a = np.ones((300, 300), np.float32)
+    queue.put(float(K.matmul(a, a)[0, 0]))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_gemm_threads_work_in_a_forked_child():
+    # the parent's worker threads do not survive fork; the child must make its own
+    # pool rather than wait forever on the inherited one
+    before = numba.get_num_threads()
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    try:
+        K.matmul(np.ones((300, 300), np.float32), np.ones((300, 300), np.float32))
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_threaded_matmul_in_child, args=(queue,))
+        child.start()
+        child.join(timeout=120)
+        if child.is_alive():
+            child.terminate()
+            pytest.fail("a threaded GEMM in a forked child hung")
+        assert queue.get(timeout=5) == 300.0
+    finally:
+        numba.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------
 # fused dense layer and activations
 # ----------------------------------------------------------------------------
@@ -298,7 +360,7 @@ def test_bernoulli_nll_extreme_logits_are_exact(dtype):
     nll, dl = K.bernoulli_nll_logits(logits, x)
     assert np.all(np.isfinite(nll)) and np.all(np.isfinite(dl))
     # per element: 0, 0, 1000, 1000, log 2
-    assert nll[0] == pytest.approx(2000 + np.log(2), rel=np.finfo(dtype).eps * 4)
+    assert nll[0] == pytest.approx(2000 + np.log(2), rel=float(np.finfo(dtype).eps * 4))
     np.testing.assert_array_equal(dl, np.array([[0, 0, 1, -1, -0.5]], dtype))
     nll1, _ = K.bernoulli_nll_logits(logits[:, :1], x[:, :1])
     assert nll1[0] == 0

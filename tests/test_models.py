@@ -83,6 +83,23 @@ def test_backends_agree_on_loss_and_grads():
         np.testing.assert_allclose(gb[k], gn[k], rtol=1e-10, atol=1e-12)
 
 
+def test_merged_heads_keep_separate_parameters_and_gradients():
+    # mu and logvar run as one GEMM; params and grads must stay separate
+    # C-contiguous arrays, and an in-place update of one head must take effect
+    m = tv.VAE(12, (7,), 3, dtype=np.float64, seed=1)
+    x = np.random.default_rng(0).random((5, 12))
+    eps = np.random.default_rng(1).standard_normal((5, 3))
+    _, grads = m.loss(x, eps=eps)
+    for name in ("mu.W", "mu.b", "logvar.W", "logvar.b"):
+        assert grads[name].flags.c_contiguous and grads[name].shape == m.params[name].shape
+        assert not np.shares_memory(grads[name], m.params[name])
+    mu, logvar = m.encode(x)
+    assert mu.flags.c_contiguous and logvar.flags.c_contiguous
+    m.params["logvar.b"] += 1.0
+    np.testing.assert_allclose(m.encode(x)[1], logvar + 1.0)
+    np.testing.assert_allclose(m.encode(x)[0], mu)
+
+
 def test_encode_decode_reconstruct_sample_shapes():
     m = tv.VAE(20, (16,), 3)
     x = np.random.default_rng(0).random((5, 20))

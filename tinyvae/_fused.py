@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import math
 
-from numba import prange
-
-from tinyvae._numba import njit, njit_parallel
+from tinyvae._numba import njit
 from tinyvae._simd import exp_nonpositive, lanes, log1p_unit, scalar_like, vload, vstore
 
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = range(6)
-#: 2-D kernels split rows over threads above this many elements (below it a
-#: parallel launch costs more than it saves)
+#: the Bernoulli kernel splits rows over threads above this many elements (below
+#: it handing work to a thread costs more than it saves)
 PARALLEL_MIN_SIZE = 1 << 16
 
 
@@ -134,7 +132,10 @@ def activation_bias_grad_into(dy, y, act, alpha, da, db):
 
 
 @njit
-def _bernoulli_rows(logits, x, grad_scale, nll, dlogits, r0, r1):
+def bernoulli_rows(logits, x, grad_scale, nll, dlogits, r0, r1):
+    """For rows r0 <= i < r1: nll[i] = sum_j softplus(l_ij) - x_ij l_ij and
+    dlogits[i] = grad_scale (sigmoid(l_i) - x_i). Each row is summed in order on one
+    thread, so splitting rows over threads leaves the bits unchanged."""
     zero = scalar_like(logits, 0)
     one = scalar_like(logits, 1)
     d = logits.shape[1]
@@ -148,21 +149,6 @@ def _bernoulli_rows(logits, x, grad_scale, nll, dlogits, r0, r1):
             total += _positive_part(v, zero) + log1p_unit(e) - t * v
             dlogits[i, j] = grad_scale * (_sigmoid_from(v, e, one) - t)
         nll[i] = total
-
-
-@njit
-def bernoulli_nll_serial(logits, x, grad_scale, nll, dlogits):
-    """nll[i] = sum_j softplus(l_ij) - x_ij l_ij;  dlogits = grad_scale (sigmoid(l) - x)."""
-    _bernoulli_rows(logits, x, grad_scale, nll, dlogits, 0, logits.shape[0])
-
-
-@njit_parallel
-def bernoulli_nll_parallel(logits, x, grad_scale, nll, dlogits, n_chunks):
-    """As bernoulli_nll_serial with rows cut into n_chunks blocks (each row on one thread)."""
-    n = logits.shape[0]
-    for c in prange(n_chunks):
-        _bernoulli_rows(logits, x, grad_scale, nll, dlogits, c * n // n_chunks,
-                        (c + 1) * n // n_chunks)
 
 
 # ----------------------------------------------------------------------------

