@@ -30,6 +30,34 @@ FORMAT = "tinyvae-checkpoint"
 FORMAT_VERSION = 1
 
 
+def _new_file_mode() -> int:
+    """The mode a plain open() gives a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=".tmp"):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    Readers see the old file or the new one, never a half-written one; on any
+    error the temporary file is removed. The file gets the permissions a plain
+    open() would give (mkstemp's own are private, 0600).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, _new_file_mode())
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _digest(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
@@ -66,17 +94,10 @@ def save(model, path) -> Path:
     }
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, __header__=blob, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, __header__=blob, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

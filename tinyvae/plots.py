@@ -24,8 +24,6 @@ a notebook shows a returned figure once, as the cell's value.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from statistics import NormalDist
 
@@ -34,6 +32,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from tinyvae import metrics
+from tinyvae.io import atomic_path
 
 __all__ = [
     "show_images",
@@ -62,20 +61,13 @@ _MAX_INCHES = 10.0
 # ----------------------------------------------------------------------------
 
 
-def _atomic_write(path, write, suffix=""):
+def _atomic_write(path, write, suffix=".tmp"):
     """Call write(tmp_path) on a temporary file beside path, then rename it over path."""
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"path: directory {str(path.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix) as tmp:
         write(tmp)
-        os.replace(tmp, path)    # atomic on POSIX and Windows: readers see old or new
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
