@@ -1,52 +1,382 @@
-"""Command line: ``tinyvae train | evaluate | traverse | bench | lessons``."""
+"""Command line: ``tinyvae train | evaluate | traverse | bench | lessons``.
+
+``tinyvae train`` with no arguments is the main job: a beta-VAE (beta = 4) that
+disentangles procedurally rendered dSprites in a few minutes on a laptop, and
+writes a run folder with its checkpoint, history, figures and report.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
+# matplotlib and scikit-learn are imported inside the commands that draw and score
+from tinyvae import bench, lessons
+from tinyvae import run as runs
+
+#: exit status after Ctrl-C, as a shell reports a process killed by SIGINT (128 + 2)
+EXIT_INTERRUPTED = 130
+#: options --resume accepts; everything else is fixed by the run's config.json
+_RESUME_OPTIONS = ("steps", "epochs", "quiet", "quick_eval", "no_report")
+#: training options whose defaults come from the data set's recipe (None = not given)
+_TRAIN_OPTIONS = ("model", "beta", "capacity", "capacity_steps", "gamma", "latent", "hidden",
+                  "epochs", "steps", "batch_size", "optimizer", "lr", "seed", "resolution",
+                  "n_train", "kl_warmup", "activation")
+
+
+# ---------------------------------------------------------------------------------------
+# argument types: each names what it expected, argparse adds the argument's name
+# ---------------------------------------------------------------------------------------
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _float_at_least(low, strict):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        ok = np.isfinite(value) and (value > low if strict else value >= low)
+        if not ok:
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number {'>' if strict else '>='} {low:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _resolution(text):
+    value = _positive_int(text)
+    if value < 8:
+        raise argparse.ArgumentTypeError(f"expected a resolution >= 8 pixels, got {text!r}")
+    return value
+
+
+def _run_folder(text):
+    """An existing run folder with a checkpoint (for evaluate, traverse and --resume)."""
+    try:
+        return runs.check_run_folder(text)
+    except runs.RunError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+# ---------------------------------------------------------------------------------------
+# tinyvae train
+# ---------------------------------------------------------------------------------------
+
+
+def _add_train(sub):
+    train = sub.add_parser(
+        "train", help="train a model and write a run folder (default: the dSprites beta-VAE)",
+        description="Train a model and write a run folder: config.json, checkpoint.npz, "
+                    "history.csv, figures/, report.json and report.md. With no arguments: "
+                    "the main job, a beta-VAE (beta = 4) that disentangles dSprites. Options "
+                    "left out take the data set's defaults (printed at the start).")
+    data = train.add_argument_group("data")
+    data.add_argument("--dataset", choices=runs.DATASETS,
+                      help="default dsprites: procedural dSprites, scikit-learn digits, MNIST / "
+                           "Fashion-MNIST (downloaded once), or a 3-D spiral (Gaussian likelihood)")
+    data.add_argument("--resolution", type=_resolution, metavar="PIXELS",
+                      help="dSprites image side (default 32)")
+    data.add_argument("--n-train", type=_positive_int, metavar="N",
+                      help="dSprites / spiral: training examples to draw (dSprites default 100000)")
+    model = train.add_argument_group("model")
+    model.add_argument("--model", choices=runs.MODELS,
+                       help="default: beta-vae for dsprites, vae otherwise")
+    model.add_argument("--beta", type=_float_at_least(0, strict=False),
+                       help="KL weight (default 4 for beta-vae, 1 for vae)")
+    model.add_argument("--capacity", type=_float_at_least(0, strict=False), metavar="NATS",
+                       help="beta-vae: train on recon + gamma |KL - C|, C rising to NATS "
+                            "(Burgess et al. 2018)")
+    model.add_argument("--capacity-steps", type=_positive_int, metavar="N",
+                       help="steps over which C rises (default: the whole run)")
+    model.add_argument("--gamma", type=_float_at_least(0, strict=True),
+                       help="weight of |KL - C| (default 100)")
+    model.add_argument("--latent", type=_positive_int, metavar="D",
+                       help="latent dimensions (dsprites 10, digits 8, mnist 20, spiral 2)")
+    model.add_argument("--hidden", type=_positive_int, nargs="+", metavar="H",
+                       help="hidden layer sizes, encoder order (the decoder mirrors them)")
+    model.add_argument("--activation", choices=runs.ACTIVATIONS, help="hidden activation")
+    opt = train.add_argument_group("optimisation")
+    length = opt.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive_int, metavar="N", help="training steps")
+    length.add_argument("--epochs", type=_positive_int, metavar="N", help="passes over the data")
+    opt.add_argument("--batch-size", type=_positive_int, metavar="N")
+    opt.add_argument("--optimizer", choices=runs.OPTIMIZERS)
+    opt.add_argument("--lr", type=_float_at_least(0, strict=True), help="learning rate")
+    opt.add_argument("--kl-warmup", type=_non_negative_int, metavar="STEPS",
+                     help="raise the KL weight linearly from 0 over STEPS")
+    opt.add_argument("--seed", type=_non_negative_int, help="seed of data, init and noise (default 0)")
+    out = train.add_argument_group("run folder")
+    where = out.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, metavar="DIR",
+                       help="run folder to write (default runs/<dataset>-<model>-beta<b>-seed<s>)")
+    where.add_argument("--resume", type=_run_folder, metavar="RUN",
+                       help="continue the run in RUN exactly where it stopped (--steps / "
+                            "--epochs may extend it)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace an existing run in --out")
+    out.add_argument("--quick-eval", action="store_true",
+                     help="small samples for the disentanglement scores (smoke tests)")
+    out.add_argument("--no-report", action="store_true",
+                     help="only train and checkpoint; write the report later with tinyvae evaluate")
+    out.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=_train, parser=train)
+
+
+def _given(args) -> dict:
+    return {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
+
+
+def _train_setup(args):
+    """(config, folder, resume) for the train command, or a parser error."""
+    parser = args.parser
+    if args.resume is not None:
+        extra = [k for k in _given(args) if k not in _RESUME_OPTIONS]
+        if args.dataset is not None:
+            extra = ["dataset", *extra]
+        if args.overwrite:
+            extra.append("overwrite")
+        if extra:
+            name = "--" + extra[0].replace("_", "-")
+            parser.error(f"argument {name}: not allowed with --resume (the run's config.json "
+                         "fixes it; only --steps, --epochs, --quick-eval, --no-report and --quiet "
+                         "may change)")
+        config = runs.read_config(args.resume)
+        if args.steps is not None:
+            config.update(steps=args.steps, epochs=None)
+        if args.epochs is not None:
+            config.update(epochs=args.epochs, steps=None)
+        config["quick_eval"] = config.get("quick_eval", False) or args.quick_eval
+        return config, args.resume, True
+    try:
+        config = runs.resolve_config({"dataset": args.dataset or "dsprites", **_given(args)})
+    except runs.UsageError as err:
+        parser.error(f"argument {err.option}: {err}")
+    config["quick_eval"] = args.quick_eval
+    folder = args.out if args.out is not None else runs.default_out(config)
+    _check_out(parser, folder, args.overwrite, explicit=args.out is not None)
+    return config, folder, False
+
+
+def _check_out(parser, folder: Path, overwrite: bool, explicit: bool):
+    """Refuse to write over a run unless asked, and never over a folder that is not a run."""
+    option = "--out" if explicit else "--out (default)"
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        parser.error(f"argument {option}: {str(folder)!r} is a file, expected a folder")
+    if runs.is_run_folder(folder):
+        if not overwrite:
+            parser.error(f"argument {option}: {str(folder)!r} already holds a run; continue it "
+                         f"with --resume {folder}, or pass --overwrite to start it again")
+        _clear_run(folder)
+    elif any(folder.iterdir()):
+        parser.error(f"argument {option}: {str(folder)!r} is not empty and not a tinyvae run "
+                     "folder; choose a new or empty folder")
+
+
+def _clear_run(folder: Path):
+    """Delete what a previous run wrote, so no stale file survives into the new run."""
+    for name in (runs.CONFIG_FILE, runs.STATUS_FILE, runs.CHECKPOINT_FILE, runs.HISTORY_FILE,
+                 "report.json", "report.md"):
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / runs.FIGURES_DIR, ignore_errors=True)
+
 
 def _train(args) -> int:
-    from sklearn.datasets import load_digits
+    clock = time.perf_counter()
+    config, folder, resume = _train_setup(args)
+    progress = not args.quiet
+    verb = "resuming" if resume else "training"
+    print(f"tinyvae train: {verb} {runs.describe(config)}\n  run folder: {folder}", flush=True)
+    try:
+        result = runs.train_run(folder, config, resume=resume, progress=progress,
+                                clock_start=clock)
+    except KeyboardInterrupt:
+        print("\ninterrupted before the first training step: no checkpoint was written",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except runs.RunError as err:
+        args.parser.error(f"argument --resume: {err}")
+    except _data_errors() as err:
+        return _fail("train", err)
+    if result.state == "interrupted":
+        print(f"\ninterrupted at step {result.step} of {result.total_steps}; checkpoint saved "
+              f"in {folder}\ncontinue with:  tinyvae train --resume {folder}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    h = result.model.history_
+    print(f"trained {result.step} steps in {result.train_seconds:.0f} s "
+          f"(last loss {h['loss'][-1]:.2f}: recon {h['recon'][-1]:.2f}, KL {h['kl'][-1]:.2f})",
+          flush=True)
+    if args.no_report:
+        print(f"no report written (--no-report); write it with:  tinyvae evaluate {folder}")
+        return 0
+    return _report(result.model, result.data, config, folder, result.train_seconds, progress)
 
-    import tinyvae as tv
 
-    X = load_digits().data / 16.0
-    model = tv.VAE(input_dim=X.shape[1], hidden=tuple(args.hidden), latent_dim=args.latent,
-                   beta=args.beta, seed=args.seed)
-    start = time.perf_counter()
-    model.fit(X, epochs=args.epochs, batch_size=args.batch_size,
-              optimizer=tv.Adam(lr=args.lr), seed=args.seed, progress=not args.quiet)
-    seconds = time.perf_counter() - start
-    h = model.history_
-    print(f"trained {type(model).__name__} on digits {X.shape} for {args.epochs} epochs "
-          f"in {seconds:.1f} s: loss {h['loss'][0]:.2f} -> {h['loss'][-1]:.2f} "
-          f"(recon {h['recon'][-1]:.2f}, KL {h['kl'][-1]:.2f})")
+def _data_errors():
+    """What a data set can raise when its files are unavailable or damaged (MNIST offline)."""
+    from tinyvae.datasets import DatasetError, DownloadError
+
+    return (DownloadError, DatasetError)
+
+
+def _fail(command, err) -> int:
+    print(f"tinyvae {command}: error: {err}", file=sys.stderr)
+    return 1
+
+
+def _report(model, data, config, folder, train_seconds, progress) -> int:
+    from tinyvae import report as reports
+
+    try:
+        rep = reports.full_report(model, data, config, folder, train_seconds,
+                                  time.perf_counter(), progress=progress,
+                                  quick=config.get("quick_eval", False))
+    except KeyboardInterrupt:
+        print(f"\nevaluation interrupted; the checkpoint is saved. Redo it with:  "
+              f"tinyvae evaluate {folder}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(summary(rep))
+    print(f"report: {Path(folder) / 'report.md'}")
     return 0
 
 
+def summary(rep: dict) -> str:
+    """A few lines with the report's headline numbers."""
+    def num(key, fmt):
+        return "n/a" if rep.get(key) is None else format(rep[key], fmt)
+
+    lines = [f"ELBO {num('elbo', '.2f')}  recon {num('recon', '.2f')}  KL {num('kl', '.2f')}  "
+             f"active units {num('active_units', 'd')}"]
+    if rep.get("mig") is not None:
+        lines.append(f"MIG {num('mig', '.3f')}  beta-VAE metric {num('beta_vae_score', '.3f')}  "
+                     f"FactorVAE metric {num('factor_vae_score', '.3f')}")
+        pairs = ", ".join(f"{f} -> z{j}" for f, j in rep["factor_latent"].items())
+        lines.append(f"top latent per factor: {pairs}")
+    lines.append(f"wall time {rep['wall_seconds']:.0f} s (training {rep['train_seconds']:.0f} s, "
+                 f"evaluation {rep['eval_seconds']:.0f} s)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# tinyvae evaluate / traverse
+# ---------------------------------------------------------------------------------------
+
+
+def _add_evaluate(sub):
+    ev = sub.add_parser("evaluate", help="recompute a run's report and figures from its checkpoint",
+                        description="Recompute report.json, report.md and every figure of a run "
+                                    "folder from its checkpoint (same seeds, same numbers).")
+    ev.add_argument("run", type=_run_folder, metavar="RUN", help="run folder of tinyvae train")
+    ev.add_argument("--quick", action="store_true", help="small samples for the scores")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(func=_evaluate, parser=ev)
+
+
+def _evaluate(args) -> int:
+    config = runs.read_config(args.run)
+    status = runs.read_status(args.run)
+    model = runs.load_model(args.run)
+    if status.get("state") == "interrupted":
+        print(f"note: run interrupted at step {model.step_} of {status.get('total_steps')}; "
+              "evaluating the checkpoint as it is", file=sys.stderr)
+    try:
+        data = runs.load_data(config, with_train=False)
+    except _data_errors() as err:
+        return _fail("evaluate", err)
+    config = {**config, "quick_eval": config.get("quick_eval", False) or args.quick}
+    return _report(model, data, config, args.run, status.get("train_seconds", 0.0),
+                   not args.quiet)
+
+
+def _add_traverse(sub):
+    tr = sub.add_parser("traverse", help="redraw a run's latent traversal (PNG and GIF)",
+                        description="Redraw figures/traversal.png and traversal.gif of a run: "
+                                    "each latent swept from -SPAN to +SPAN around the code of "
+                                    "one input, rows ordered by KL.")
+    tr.add_argument("run", type=_run_folder, metavar="RUN", help="run folder of tinyvae train")
+    tr.add_argument("--span", type=_float_at_least(0, strict=True), default=3.0,
+                    help="largest |z_j| shown (default 3)")
+    tr.add_argument("--columns", type=_positive_int, default=9, help="values per row (default 9)")
+    tr.add_argument("--index", type=_non_negative_int, default=None,
+                    help="start from held-out example INDEX (default: a centred heart for "
+                         "dSprites, else example 0)")
+    tr.set_defaults(func=_traverse, parser=tr)
+
+
+def _traverse(args) -> int:
+    from tinyvae import report as reports
+
+    config = runs.read_config(args.run)
+    model = runs.load_model(args.run)
+    try:
+        data = runs.load_data(config, with_train=False)
+    except _data_errors() as err:
+        return _fail("traverse", err)
+    if data.image_shape is None:
+        args.parser.error(f"argument RUN: {config['dataset']} has no images to traverse")
+    if args.columns < 2:
+        args.parser.error("argument --columns: expected at least 2 values per row")
+    x = None
+    if args.index is not None:
+        if args.index >= len(data.X_eval):
+            args.parser.error(f"argument --index: expected < {len(data.X_eval)} (held-out "
+                              f"examples), got {args.index}")
+        x = data.X_eval[args.index]
+    names = reports.write_traversals(model, data, args.run, span=args.span,
+                                     n_steps=args.columns, x=x)
+    for name in names:
+        print(Path(args.run) / runs.FIGURES_DIR / name)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# the parser
+# ---------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinyvae", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tinyvae", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a model and report its loss")
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--latent", type=int, default=8)
-    train.add_argument("--hidden", type=int, nargs="+", default=[128])
-    train.add_argument("--beta", type=float, default=1.0)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(func=_train)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_traverse(sub)
+    # bench and lessons own their subcommands; each imports its heavy dependencies
+    # inside the command, so `tinyvae --help` stays fast.
+    bench.add_subparser(sub)
+    lessons.add_subparser(sub)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    np.seterr(all="warn")
     return args.func(args)
 
 

@@ -1,0 +1,463 @@
+"""Run folders: what ``tinyvae train`` writes and ``evaluate``, ``traverse`` and ``--resume`` read.
+
+A run folder holds everything needed to continue, evaluate or redraw a run::
+
+    config.json      the resolved configuration (every default filled in)
+    status.json      "running" / "interrupted" / "finished", the step reached, seconds spent
+    checkpoint.npz   parameters, optimizer and training state (tinyvae.io format)
+    history.csv      loss, reconstruction, KL and KL per latent every log interval
+    report.json      numbers (see tinyvae.report) and report.md, their readable form
+    figures/         traversal.png + .gif, reconstructions, samples, KL bars, curves, ...
+
+The training data are not stored: they are re-created from the config (dSprites
+is rendered from a seeded sample of factors), which is what lets ``--resume``
+replay the same batches and continue bit for bit.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tinyvae.io import atomic_path
+
+RUN_FORMAT = "tinyvae-run"
+RUN_FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+CHECKPOINT_FILE = "checkpoint.npz"
+HISTORY_FILE = "history.csv"
+FIGURES_DIR = "figures"
+
+DATASETS = ("dsprites", "digits", "mnist", "fashion-mnist", "spiral")
+MODELS = ("ae", "vae", "beta-vae")
+OPTIMIZERS = ("adam", "adagrad", "sgd")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "softplus")
+_DEFAULT_LR = {"adam": 1e-3, "adagrad": 1e-2, "sgd": 1e-2}
+
+#: Per data set, the defaults of every training option. The dSprites entry is the
+#: main job, tuned to disentangle within the time budget (see experiments/main_job.md).
+RECIPES = {
+    "dsprites": dict(model="beta-vae", beta=4.0, latent=10, hidden=[256, 256], resolution=32,
+                     n_train=100_000, steps=30_000, epochs=None, batch_size=64,
+                     optimizer="adagrad", lr=1e-2, kl_warmup=0, activation="relu"),
+    "digits": dict(model="vae", beta=1.0, latent=8, hidden=[128], resolution=None,
+                   n_train=None, steps=None, epochs=100, batch_size=64,
+                   optimizer="adam", lr=1e-3, kl_warmup=0, activation="relu"),
+    "mnist": dict(model="vae", beta=1.0, latent=20, hidden=[400], resolution=None,
+                  n_train=None, steps=None, epochs=10, batch_size=128,
+                  optimizer="adam", lr=1e-3, kl_warmup=0, activation="relu"),
+    "fashion-mnist": dict(model="vae", beta=1.0, latent=20, hidden=[400], resolution=None,
+                          n_train=None, steps=None, epochs=10, batch_size=128,
+                          optimizer="adam", lr=1e-3, kl_warmup=0, activation="relu"),
+    "spiral": dict(model="vae", beta=1.0, latent=2, hidden=[64, 64], resolution=None,
+                   n_train=5000, steps=None, epochs=100, batch_size=128,
+                   optimizer="adam", lr=1e-3, kl_warmup=0, activation="relu"),
+}
+#: options every data set shares; None means "not used" (capacity: the plain beta-VAE loss)
+COMMON_DEFAULTS = dict(capacity=None, capacity_steps=None, gamma=None, seed=0)
+#: the spiral is continuous 3-D data: Gaussian decoder with this fixed noise scale
+SPIRAL_NOISE = 0.01
+SPIRAL_OBS_STD = 0.05
+
+
+class RunError(Exception):
+    """A run folder is missing, foreign, incomplete, or asked for something it cannot do."""
+
+
+class UsageError(RunError):
+    """A training option that does not fit the others; ``option`` names it (e.g. "--beta")."""
+
+    def __init__(self, option, message):
+        super().__init__(message)
+        self.option = option
+
+
+# ---------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------
+
+
+def resolve_config(options: dict) -> dict:
+    """Fill the options the user left out (None) from the data set's recipe; check the mix.
+
+    options: the train subcommand's namespace as a dict (dataset, model, beta, ...).
+    Returns the full config written to config.json. Raises UsageError naming the option.
+    """
+    dataset = options.get("dataset") or "dsprites"
+    recipe = {**RECIPES[dataset], **COMMON_DEFAULTS}
+    given = {k: v for k, v in options.items() if k in recipe and v is not None}
+    config = {"dataset": dataset, **recipe, **given}
+
+    def refuse(key, why):
+        if key in given:
+            raise UsageError("--" + key.replace("_", "-"), why)
+        config[key] = None
+
+    # steps and epochs are two ways to say how long: the one given wins
+    if "steps" in given and "epochs" in given:
+        raise UsageError("--steps", "not allowed with --epochs (give one of the two)")
+    if "epochs" in given:
+        config["steps"] = None
+    if "steps" in given:
+        config["epochs"] = None
+    if config["model"] == "ae":
+        for key in ("beta", "kl_warmup", "capacity", "capacity_steps", "gamma"):
+            refuse(key, "the deterministic autoencoder (--model ae) has no KL term")
+    else:
+        # the recipe's beta belongs to the recipe's model; otherwise the model's own default
+        model_beta = 1.0 if config["model"] == "vae" else 4.0
+        same_model = config["model"] == recipe["model"]
+        config["beta"] = given.get("beta", recipe["beta"] if same_model else model_beta)
+        if config["model"] == "vae":
+            for key in ("capacity", "capacity_steps", "gamma"):
+                refuse(key, "only the beta-VAE has a capacity objective (use --model beta-vae)")
+        elif config["capacity"] is None:
+            for key in ("capacity_steps", "gamma"):
+                refuse(key, "only used with --capacity (the capacity objective)")
+        else:
+            config["gamma"] = given.get("gamma", 100.0)
+            if config["capacity_steps"] is None:
+                config["capacity_steps"] = config["steps"] or 10_000
+    if dataset != "dsprites":
+        refuse("resolution", "only the dSprites renderer has a resolution (--dataset dsprites)")
+    if dataset in ("digits", "mnist", "fashion-mnist"):
+        refuse("n_train", f"{dataset} has a fixed training set")
+    if "optimizer" in given and "lr" not in given:
+        config["lr"] = (recipe["lr"] if config["optimizer"] == recipe["optimizer"]
+                        else _DEFAULT_LR[config["optimizer"]])
+    config["hidden"] = [int(h) for h in config["hidden"]]
+    config["likelihood"] = "gaussian" if dataset == "spiral" else "bernoulli"
+    return config
+
+
+def describe(config: dict) -> str:
+    """One line naming the run, e.g. 'beta-vae (beta=4) on dsprites 32x32, latent 10, ...'."""
+    data = config["dataset"] + (f" {config['resolution']}x{config['resolution']}"
+                                if config.get("resolution") else "")
+    model = config["model"]
+    if config.get("beta") is not None:
+        model += f" (beta={config['beta']:g}"
+        model += f", capacity {config['capacity']:g} nats)" if config.get("capacity") else ")"
+    length = (f"{config['steps']} steps" if config["steps"] is not None
+              else f"{config['epochs']} epochs")
+    return (f"{model} on {data}, latent {config['latent']}, hidden {config['hidden']}, "
+            f"{length} of batch {config['batch_size']}, {config['optimizer']} lr {config['lr']:g}, "
+            f"seed {config['seed']}")
+
+
+def default_out(config: dict) -> Path:
+    """runs/<dataset>-<model>[-beta<b>]-seed<s>: a different folder for each main variant."""
+    parts = [config["dataset"], config["model"]]
+    if config.get("beta") is not None:
+        parts.append(f"beta{config['beta']:g}")
+    parts.append(f"seed{config['seed']}")
+    return Path("runs") / "-".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunData:
+    """Training and held-out data of a run, with what the report and figures need."""
+
+    X: np.ndarray                   # (n, input_dim) float32 training rows
+    X_eval: np.ndarray              # (m, input_dim) held-out rows for the ELBO and figures
+    image_shape: tuple | None       # (H, W) for image data, None for the spiral
+    dsprites: object = None         # the DSprites renderer (disentanglement metrics)
+    eval_labels: np.ndarray | None = None   # digit labels, or the spiral's position t
+    label_name: str | None = None
+    description: str = ""
+
+
+def _render_dsprites(ds, n, rng, chunk=8192):
+    """n random dSprites as float32 rows, rendered chunk by chunk (no uint8 copy of it all)."""
+    X = np.empty((n, ds.input_dim), dtype=np.float32)
+    if n == 0:
+        return X, np.zeros((0, 5), dtype=np.int64)
+    classes = ds.sample_classes(n, rng)
+    for start in range(0, n, chunk):
+        images = ds.render(classes[start:start + chunk])
+        X[start:start + len(images)] = images.reshape(len(images), -1)
+    return X, classes
+
+
+def load_data(config: dict, with_train: bool = True) -> RunData:
+    """The data a config names. The same config always gives the same arrays.
+
+    with_train=False skips what only training needs (RunData.X is then empty): the
+    report and the figures use the held-out data alone.
+    """
+    from tinyvae import datasets
+
+    name, seed = config["dataset"], config["seed"]
+    if name == "dsprites":
+        ds = datasets.DSprites(resolution=config["resolution"])
+        n_train = config["n_train"] if with_train else 0
+        X, _ = _render_dsprites(ds, n_train, np.random.default_rng([seed, 0]))
+        # the held-out sample is the same for every run, so reports compare like with like
+        X_eval, classes = _render_dsprites(ds, 5000, np.random.default_rng([2**31, 1]))
+        return RunData(X, X_eval, ds.image_shape, dsprites=ds, eval_labels=classes[:, 0],
+                       label_name="shape", description=f"{len(X)} dSprites at "
+                       f"{ds.resolution}x{ds.resolution} (a seeded sample of the {len(ds)})")
+    if name == "digits":
+        X, y = datasets.load_digits()
+        order = np.random.default_rng(0).permutation(len(X))   # fixed split for every seed
+        test, train = order[:297], order[297:]
+        return RunData(X[train], X[test], datasets.IMAGE_SHAPES["digits"], eval_labels=y[test],
+                       label_name="digit", description=f"{len(train)} of scikit-learn's 8x8 digits")
+    if name in ("mnist", "fashion-mnist"):
+        X = datasets.load_mnist("train", kind=name)[0] if with_train else None
+        X_test, y_test = datasets.load_mnist("test", kind=name)
+        if X is None:
+            X = X_test[:0]
+        return RunData(X, X_test, datasets.IMAGE_SHAPES[name], eval_labels=y_test,
+                       label_name="label", description=f"{name} train split ({len(X)} images)")
+    if name == "spiral":
+        X, _ = datasets.spiral(config["n_train"], noise=SPIRAL_NOISE, seed=seed)
+        X_eval, t = datasets.spiral(1000, noise=SPIRAL_NOISE, seed=2**31)
+        return RunData(X, X_eval, None, eval_labels=t, label_name="t",
+                       description=f"{len(X)} points of a 3-D spiral, noise {SPIRAL_NOISE}")
+    raise RunError(f"dataset: expected one of {DATASETS}, got {name!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# model and optimizer
+# ---------------------------------------------------------------------------------------
+
+
+def build_model(config: dict, input_dim: int):
+    """A fresh model for the config (same seed, same initial parameters)."""
+    import tinyvae as tv
+
+    common = dict(input_dim=input_dim, hidden=tuple(config["hidden"]), latent_dim=config["latent"],
+                  likelihood=config["likelihood"], activation=config["activation"],
+                  seed=config["seed"])
+    if config["likelihood"] == "gaussian":
+        common["obs_std"] = SPIRAL_OBS_STD
+    if config["model"] == "ae":
+        return tv.Autoencoder(**common)
+    if config["model"] == "vae":
+        return tv.VAE(beta=config["beta"], **common)
+    extra = {}
+    if config["capacity"] is not None:
+        extra = dict(capacity_max=config["capacity"], capacity_steps=config["capacity_steps"],
+                     gamma=config["gamma"])
+    return tv.BetaVAE(beta=config["beta"], **common, **extra)
+
+
+def build_optimizer(config: dict):
+    import tinyvae as tv
+
+    cls = {"adam": tv.Adam, "adagrad": tv.Adagrad, "sgd": tv.SGD}[config["optimizer"]]
+    return cls(lr=config["lr"])
+
+
+def total_steps(config: dict, n_train: int) -> int:
+    """Training steps the run takes: --steps, or --epochs over n_train rows."""
+    if config["steps"] is not None:
+        return int(config["steps"])
+    return int(config["epochs"]) * math.ceil(n_train / config["batch_size"])
+
+
+def log_interval(steps: int, entries: int = 100) -> int:
+    """The largest divisor of ``steps`` giving at least ``entries`` log entries.
+
+    A divisor, so that the last log entry falls exactly on the last step, which is
+    where the run stops (fit has no step limit of its own).
+    """
+    limit = max(1, steps // entries)
+    return max(k for k in range(1, limit + 1) if steps % k == 0)
+
+
+# ---------------------------------------------------------------------------------------
+# the folder itself
+# ---------------------------------------------------------------------------------------
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
+    _atomic_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def is_run_folder(path: Path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def check_run_folder(path, need_checkpoint=True) -> Path:
+    """The path of an existing run folder, or RunError saying what is wrong with it."""
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"run folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise RunError(f"{str(path)!r} is a file, expected a run folder written by tinyvae train")
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise RunError(f"{str(path)!r} is not a tinyvae run folder (it has no {CONFIG_FILE}; "
+                       "run folders are written by tinyvae train --out DIR)")
+    try:
+        header = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunError(f"{str(config_path)!r} is not readable JSON: {err}") from err
+    if not isinstance(header, dict) or header.get("format") != RUN_FORMAT:
+        raise RunError(f"{str(path)!r} is not a tinyvae run folder: its {CONFIG_FILE} was not "
+                       f"written by tinyvae train (format {_get(header, 'format')!r}, "
+                       f"expected {RUN_FORMAT!r})")
+    if header.get("format_version", 0) > RUN_FORMAT_VERSION:
+        raise RunError(f"{str(path)!r} was written by a newer tinyvae (run format "
+                       f"{header['format_version']}); upgrade tinyvae to read it")
+    if need_checkpoint and not (path / CHECKPOINT_FILE).is_file():
+        raise RunError(f"{str(path)!r} has no {CHECKPOINT_FILE}: its training never reached a "
+                       "checkpoint (start it again with tinyvae train --out DIR --overwrite)")
+    return path
+
+
+def _get(obj, key):
+    return obj.get(key) if isinstance(obj, dict) else None
+
+
+def read_config(folder: Path) -> dict:
+    header = json.loads((Path(folder) / CONFIG_FILE).read_text(encoding="utf-8"))
+    return header["config"]
+
+
+def write_config(folder: Path, config: dict) -> None:
+    import tinyvae
+
+    write_json(Path(folder) / CONFIG_FILE, {"format": RUN_FORMAT,
+                                            "format_version": RUN_FORMAT_VERSION,
+                                            "tinyvae_version": tinyvae.__version__,
+                                            "config": config})
+
+
+def read_status(folder: Path) -> dict:
+    path = Path(folder) / STATUS_FILE
+    if not path.is_file():
+        return {"state": "new", "step": 0, "total_steps": None, "train_seconds": 0.0}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_status(folder: Path, **status) -> None:
+    write_json(Path(folder) / STATUS_FILE, status)
+
+
+def load_model(folder: Path):
+    """The checkpointed model of a run folder (training state included)."""
+    import tinyvae as tv
+
+    path = Path(folder) / CHECKPOINT_FILE
+    try:
+        return tv.load(path)
+    except ValueError as err:
+        raise RunError(f"{str(path)!r} cannot be loaded: {err}") from err
+
+
+def write_history(folder: Path, history: dict, latent_dim: int) -> Path:
+    """history.csv: one row per log entry, KL per latent in columns kl_z0 .. kl_z<d-1>."""
+    path = Path(folder) / HISTORY_FILE
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "step", "loss", "recon", "kl",
+                         *[f"kl_z{j}" for j in range(latent_dim)]])
+        for i in range(len(history["loss"])):
+            per_latent = history["kl_per_latent"][i]
+            writer.writerow([f"{history['epoch'][i]:.6g}", history["step"][i],
+                             *(f"{history[k][i]:.6g}" for k in ("loss", "recon", "kl")),
+                             *(f"{v:.6g}" for v in per_latent)])
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------
+
+
+class _StepLimit(Exception):
+    """Raised from fit's callback at the last step: fit has no step limit of its own."""
+
+
+def stop_at(steps: int):
+    """fit's callback: end training once the model has taken ``steps`` steps."""
+    def callback(model, entry):
+        if model.step_ >= steps:
+            raise _StepLimit
+
+    return callback
+
+
+@dataclass
+class TrainResult:
+    model: object
+    data: RunData
+    state: str              # "finished" or "interrupted"
+    step: int
+    total_steps: int
+    train_seconds: float    # this session's and earlier sessions' training time
+
+
+def train_run(folder: Path, config: dict, resume: bool, progress: bool = True,
+              clock_start: float | None = None) -> TrainResult:
+    """Train (or continue) the run in ``folder``; checkpoint at the end or on Ctrl-C.
+
+    On Ctrl-C the checkpoint is written after the current step and the result's state
+    is "interrupted"; the caller tells the user how to resume.
+    """
+    start = time.perf_counter() if clock_start is None else clock_start
+    folder = Path(folder)
+    data = load_data(config)
+    steps = total_steps(config, len(data.X))
+    epochs = math.ceil(steps / math.ceil(len(data.X) / config["batch_size"]))
+    if resume:
+        model = load_model(folder)
+        if model.step_ >= steps:
+            raise RunError(f"run {str(folder)!r} already finished its {model.step_} steps; "
+                           f"pass --steps N with N > {model.step_} to train it longer")
+    else:
+        model = build_model(config, data.X.shape[1])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / FIGURES_DIR).mkdir(exist_ok=True)
+    write_config(folder, config)
+    previous = read_status(folder)
+    # a process killed outright (no Ctrl-C) leaves "running" behind: its last checkpoint stands
+    write_status(folder, **{**previous, "state": "running"})
+
+    fit_args = dict(epochs=epochs, progress=progress, log_every=log_interval(steps),
+                    callback=stop_at(steps))
+    if not resume:
+        fit_args.update(batch_size=config["batch_size"], optimizer=build_optimizer(config),
+                        seed=config["seed"], kl_warmup_steps=config.get("kl_warmup") or 0)
+    state = "finished"
+    try:
+        model.fit(data.X, resume=resume, **fit_args)
+    except _StepLimit:
+        pass
+    except KeyboardInterrupt:
+        state = "interrupted"
+    seconds = previous.get("train_seconds", 0.0) + time.perf_counter() - start
+    model.save(folder / CHECKPOINT_FILE)
+    write_history(folder, model.history_, model.latent_dim)
+    write_status(folder, state=state, step=int(model.step_), total_steps=steps,
+                 train_seconds=round(seconds, 2))
+    return TrainResult(model, data, state, int(model.step_), steps, seconds)
