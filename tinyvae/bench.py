@@ -21,7 +21,7 @@ Two benchmarks, each printing a table:
 
 Every library gets the thread count explicitly (Numba, OpenBLAS through
 threadpoolctl, PyTorch). Timings on a shared machine are noisy, so contenders
-run alternately in one loop and tables report medians of single calls: a stall
+take turns in short blocks and tables report medians of single calls: a stall
 hits every side alike and the *ratios* stay meaningful. ``--clock cpu`` times
 one-thread runs in CPU time of the calling thread, which ignores time the
 process spent descheduled on a loaded machine.
@@ -80,9 +80,14 @@ def thread_limit(n: int):
             torch.set_num_threads(torch_before)
 
 
-def interleaved_times(fns, min_time=0.3, min_reps=7, warmup=2, clock="wall"):
-    """Per-call times (seconds) of each function in `fns`, calling them in turn.
+def interleaved_times(fns, min_time=0.3, min_reps=7, warmup=2, clock="wall", block=6, settle=2):
+    """Per-call times (seconds) of each function in `fns`, taking turns in blocks.
 
+    Each turn runs one function `block` times and keeps the times of all but the
+    first `settle` calls: a library's worker threads keep spinning for a while
+    after its last call (OpenBLAS, PyTorch's OpenMP pool), and the next contender's
+    first calls would pay for that. Turns alternate, so a stall of the machine
+    still hits every side alike.
     clock "wall" (perf_counter) or "cpu" (thread_time: this thread's CPU time,
     meaningful for one-thread runs only). Returns one list of times per function.
     """
@@ -94,9 +99,11 @@ def interleaved_times(fns, min_time=0.3, min_reps=7, warmup=2, clock="wall"):
     start = time.perf_counter()
     while time.perf_counter() - start < min_time or len(times[0]) < min_reps:
         for fn, ts in zip(fns, times, strict=True):
-            t0 = tick()
-            fn()
-            ts.append(tick() - t0)
+            for i in range(block):
+                t0 = tick()
+                fn()
+                if i >= settle:
+                    ts.append(tick() - t0)
     return times
 
 
