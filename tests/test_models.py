@@ -356,6 +356,9 @@ def test_bad_arguments_are_named():
         tv.VAE(8, (4,), 2).fit(X, resume=True, progress=False)
     with pytest.raises(ValueError, match="lr: expected a positive finite number"):
         tv.Adam(lr=-1)
+    for opt in (tv.SGD, tv.Adam, tv.Adagrad):
+        with pytest.raises(ValueError, match="weight_decay: expected >= 0"):
+            opt(weight_decay=-0.1)
     with pytest.raises(ValueError, match=r"X: expected values in \[0, 1\]"):
         tv.VAE(8, (4,), 2).fit(X * 3, progress=False)
     # a Gaussian decoder takes any finite floats

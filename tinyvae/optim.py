@@ -23,10 +23,13 @@ class Optimizer:
     #: names of the per-parameter state arrays, e.g. ("m", "v") for Adam
     slots: tuple[str, ...] = ()
 
-    def __init__(self, lr):
+    def __init__(self, lr, weight_decay=0.0):
         if not (isinstance(lr, (int, float)) and lr > 0 and np.isfinite(lr)):
             raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay: expected >= 0, got {weight_decay}")
         self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
         self.t = 0
         self.state: dict[str, dict[str, np.ndarray]] = {}
 
@@ -61,7 +64,7 @@ class Optimizer:
 
     def config(self) -> dict:
         """Hyperparameters as a JSON-able dict (class name included)."""
-        return {"class": type(self).__name__, "lr": self.lr}
+        return {"class": type(self).__name__, "lr": self.lr, "weight_decay": self.weight_decay}
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Flat {"<param>/<slot>": array} of the optimizer's state."""
@@ -89,22 +92,18 @@ class SGD(Optimizer):
     slots = ("velocity",)
 
     def __init__(self, lr=0.01, momentum=0.9, nesterov=False, weight_decay=0.0):
-        super().__init__(lr)
+        super().__init__(lr, weight_decay)
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum: expected 0 <= momentum < 1, got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay: expected >= 0, got {weight_decay}")
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
-        self.weight_decay = float(weight_decay)
 
     def _update(self, p, g, state):
         kernels.sgd_update(p, g, state["velocity"], self.lr, self.momentum, self.nesterov,
                            self.weight_decay)
 
     def config(self):
-        return {**super().config(), "momentum": self.momentum, "nesterov": self.nesterov,
-                "weight_decay": self.weight_decay}
+        return {**super().config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
 class Adam(Optimizer):
@@ -117,26 +116,22 @@ class Adam(Optimizer):
     slots = ("m", "v")
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(lr)
+        super().__init__(lr, weight_decay)
         b1, b2 = betas
         for name, b in (("betas[0]", b1), ("betas[1]", b2)):
             if not 0 <= b < 1:
                 raise ValueError(f"{name}: expected 0 <= beta < 1, got {b}")
         if not eps > 0:
             raise ValueError(f"eps: expected a positive number, got {eps}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay: expected >= 0, got {weight_decay}")
         self.betas = (float(b1), float(b2))
         self.eps = float(eps)
-        self.weight_decay = float(weight_decay)
 
     def _update(self, p, g, state):
         kernels.adam_update(p, g, state["m"], state["v"], self.lr, self.betas[0], self.betas[1],
                             self.eps, self.t, self.weight_decay)
 
     def config(self):
-        return {**super().config(), "betas": list(self.betas), "eps": self.eps,
-                "weight_decay": self.weight_decay}
+        return {**super().config(), "betas": list(self.betas), "eps": self.eps}
 
 
 class Adagrad(Optimizer):
@@ -148,14 +143,13 @@ class Adagrad(Optimizer):
     slots = ("accum",)
 
     def __init__(self, lr=1e-2, eps=1e-10, initial_accumulator=0.0, weight_decay=0.0):
-        super().__init__(lr)
+        super().__init__(lr, weight_decay)
         if not eps > 0:
             raise ValueError(f"eps: expected a positive number, got {eps}")
         if initial_accumulator < 0:
             raise ValueError(f"initial_accumulator: expected >= 0, got {initial_accumulator}")
         self.eps = float(eps)
         self.initial_accumulator = float(initial_accumulator)
-        self.weight_decay = float(weight_decay)
 
     def _init_state(self, p):
         return {"accum": np.full_like(p, self.initial_accumulator)}
@@ -165,8 +159,7 @@ class Adagrad(Optimizer):
 
     def config(self):
         return {**super().config(), "eps": self.eps,
-                "initial_accumulator": self.initial_accumulator,
-                "weight_decay": self.weight_decay}
+                "initial_accumulator": self.initial_accumulator}
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adagrad": Adagrad}
