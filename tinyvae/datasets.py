@@ -28,7 +28,6 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.request
 import zipfile
 import zlib
@@ -38,6 +37,7 @@ import numpy as np
 from numba import prange
 
 from tinyvae._numba import njit, njit_parallel
+from tinyvae.io import atomic_path
 
 __all__ = [
     "IMAGE_SHAPES",
@@ -702,6 +702,23 @@ def _verify(path, algorithm, expected):
         )
 
 
+def _transfer(url, path, algorithm, expected):
+    """Write the bytes at ``url`` to ``path``; raise unless complete and of the expected digest."""
+    h = hashlib.new(algorithm)
+    with open(path, "wb") as out, _opener.open(url, timeout=_TIMEOUT) as response:
+        # A dropped connection can look like a clean end of data: compare lengths.
+        expected_length = getattr(response, "headers", {}).get("Content-Length")
+        received = 0
+        for chunk in iter(lambda r=response: r.read(_CHUNK), b""):
+            h.update(chunk)
+            out.write(chunk)
+            received += len(chunk)
+    if expected_length is not None and received != int(expected_length):
+        raise DownloadError(f"transfer interrupted: {received} of {expected_length} bytes")
+    if h.hexdigest() != expected:
+        raise ChecksumError(f"{algorithm} {h.hexdigest()}, expected {expected}")
+
+
 def _download(urls, dest, algorithm, expected):
     """Fetch the first of ``urls`` whose bytes have the expected digest into ``dest``.
 
@@ -711,29 +728,13 @@ def _download(urls, dest, algorithm, expected):
     dest = Path(dest)
     failures = []
     for url in urls:
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         try:
-            h = hashlib.new(algorithm)
-            with os.fdopen(fd, "wb") as out, _opener.open(url, timeout=_TIMEOUT) as response:
-                # A dropped connection can look like a clean end of data: compare lengths.
-                expected_length = getattr(response, "headers", {}).get("Content-Length")
-                received = 0
-                for chunk in iter(lambda r=response: r.read(_CHUNK), b""):
-                    h.update(chunk)
-                    out.write(chunk)
-                    received += len(chunk)
-            if expected_length is not None and received != int(expected_length):
-                raise DownloadError(f"transfer interrupted: {received} of {expected_length} bytes")
-            if h.hexdigest() != expected:
-                raise ChecksumError(f"{algorithm} {h.hexdigest()}, expected {expected}")
-            os.replace(tmp, dest)
+            with atomic_path(dest, ".part") as tmp:
+                _transfer(url, tmp, algorithm, expected)
             return dest
         except (OSError, ValueError, EOFError, http.client.HTTPException) as err:
             # URLError is an OSError; a cut-off transfer raises http.client.IncompleteRead.
             failures.append(f"  {url}: {type(err).__name__}: {err}")
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
     raise DownloadError(
         f"could not download {dest.name}:\n" + "\n".join(failures)
         + f"\nIf you are offline, place a copy of {dest.name} in {dest.parent}"
