@@ -26,7 +26,6 @@ import numpy as np
 
 from tinyvae import kernels, layers
 from tinyvae.losses import LOG_2PI
-from tinyvae.optim import Adam, Optimizer
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus", "identity")
@@ -530,4 +529,4 @@ def deferred_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
-__all__ = ["Autoencoder", "VAE", "BetaVAE", "MODELS", "Optimizer", "Adam"]
+__all__ = ["Autoencoder", "VAE", "BetaVAE", "MODELS"]
