@@ -22,12 +22,15 @@ class _Accumulator:
     def __init__(self, latent_dim, state=None):
         self.latent_dim = latent_dim
         if state is None:
-            self.count, self.loss, self.recon, self.kl = 0, 0.0, 0.0, 0.0
-            self.kl_per_latent = np.zeros(latent_dim)
+            self.reset()
         else:
             self.count, self.loss, self.recon, self.kl = (
                 state["count"], state["loss"], state["recon"], state["kl"])
             self.kl_per_latent = np.array(state["kl_per_latent"], dtype=np.float64)
+
+    def reset(self):
+        self.count, self.loss, self.recon, self.kl = 0, 0.0, 0.0, 0.0
+        self.kl_per_latent = np.zeros(self.latent_dim)
 
     def add(self, parts):
         self.count += 1
@@ -73,7 +76,7 @@ class _FiniteCheck:
         return bool(np.isfinite(np.dot(flat, zeros)))
 
 
-def _start_state(model, seed, epochs, batch_size, kl_warmup_steps):
+def _start_state(seed, epochs, batch_size, kl_warmup_steps):
     return {
         "seed": int(seed), "epochs": int(epochs), "batch_size": int(batch_size),
         "kl_warmup_steps": int(kl_warmup_steps), "epoch": 0, "batch": 0,
@@ -104,7 +107,7 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
         opt = model.optimizer_
         batch_size = state["batch_size"]
     else:
-        state = _start_state(model, seed, epochs, batch_size, kl_warmup_steps)
+        state = _start_state(seed, epochs, batch_size, kl_warmup_steps)
         opt = optimizer if optimizer is not None else Adam(lr=1e-3)
         model.optimizer_ = opt
         model.train_state_ = state
@@ -124,7 +127,7 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
         entry = {"epoch": epoch, "step": model.step_, **acc.entry()}
         for key, value in entry.items():
             model.history_[key].append(value)
-        acc.__init__(model.latent_dim)
+        acc.reset()
         if callback is not None:
             callback(model, entry)
 
