@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 
 import numba
 import numpy as np
@@ -17,7 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tinyvae import _threads
 from tinyvae import kernels as K
+from tinyvae._numba import njit as njit_kernel
 
 DTYPES = (np.float32, np.float64)
 #: relative error allowed against the scale of the computation
@@ -466,3 +469,55 @@ def test_updates_reach_two_dimensional_parameters(rng):
         K.adam_update(p_ref, g, *state_ref, 1e-3, 0.9, 0.999, 1e-8, 1)
     np.testing.assert_allclose(p, p_ref, rtol=1e-6)
     assert not np.array_equal(p, g)
+
+
+# ----------------------------------------------------------------------------
+# the worker pool behind every multithreaded kernel
+# ----------------------------------------------------------------------------
+
+
+@njit_kernel
+def _fill_range(x, value, lo, hi):
+    for i in range(lo, hi):
+        x[i] = value + i
+
+
+@njit_kernel
+def _fail_on_empty(x, lo, hi):
+    if hi - lo == 0:
+        raise ValueError("an empty part")
+    x[lo:hi] = 1.0
+
+
+def test_run_parts_runs_every_part_once_even_with_more_parts_than_cores():
+    x = np.zeros(100)
+    parts = [(x, 0.5, lo, hi) for lo, hi in _threads.split(100, 7)]
+    for _ in range(50):  # repeated hand-offs to spinning and to sleeping workers
+        x[:] = 0
+        _threads.run_parts(_fill_range, parts)
+        np.testing.assert_array_equal(x, 0.5 + np.arange(100))
+
+
+def test_run_parts_reraises_a_worker_error_and_stays_usable():
+    x = np.zeros(10)
+    with pytest.raises(ValueError, match="an empty part"):
+        _threads.run_parts(_fail_on_empty, [(x, 0, 5), (x, 5, 5)])
+    _threads.run_parts(_fill_range, [(x, 2.0, 0, 5), (x, 2.0, 5, 10)])
+    np.testing.assert_array_equal(x, 2.0 + np.arange(10))
+
+
+def test_run_parts_from_several_python_threads_at_once():
+    # a second caller finds the workers busy and runs its parts itself: same results
+    outputs = [np.zeros(5000) for _ in range(4)]
+
+    def work(x):
+        for _ in range(30):
+            _threads.run_parts(_fill_range, [(x, 1.0, lo, hi) for lo, hi in _threads.split(5000, 2)])
+
+    callers = [threading.Thread(target=work, args=(x,)) for x in outputs]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    for x in outputs:
+        np.testing.assert_array_equal(x, 1.0 + np.arange(5000))

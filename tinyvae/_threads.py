@@ -8,6 +8,17 @@ speed-up only the large products see. Parts never share an output element and
 each is computed exactly as on one thread, so results do not depend on the
 number of threads.
 
+Hand-off. A training step makes ~25 parallel calls of 0.1-1 ms each, so the
+cost of starting and joining a part matters. A ``ThreadPoolExecutor`` future
+cost ~65 us per call on this 2-vCPU VM, mostly waking a sleeping thread (a
+futex wake of an idle vCPU). Our workers instead *spin* (in ``nogil`` compiled
+code, reading a per-worker sequence number with an atomic load and a ``pause``)
+for about a millisecond after each part, and only then sleep on a condition
+variable; the caller likewise spins, GIL released, until its workers report
+done. A hand-off to a spinning worker costs ~10 us. This is what OpenMP
+runtimes do (GOMP_SPINCOUNT); the price is a core kept busy for a millisecond
+after the last parallel call.
+
 The thread count is Numba's (``numba.set_num_threads`` or
 ``tinyvae._numba.set_num_threads``), so one knob controls every kernel.
 """
@@ -15,13 +26,154 @@ The thread count is Numba's (``numba.set_num_threads`` or
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
 
 import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-#: the worker pool and the process that made it: a child made by fork inherits
-#: the pool object but not its threads, so it must make its own
-_pool: dict = {"pid": None, "executor": None}
+from tinyvae._numba import njit
+
+#: pause-loop iterations a worker spins before it sleeps: ~1 ms here (a pause takes
+#: ~25 ns on this Zen core; newer cores vary from a few ns to ~40 ns)
+WORKER_SPINS = 40_000
+#: iterations the caller spins per wait before it looks again from Python
+CALLER_SPINS = 400_000
+
+
+# ----------------------------------------------------------------------------
+# spinning on a flag, GIL released
+# ----------------------------------------------------------------------------
+
+
+@intrinsic
+def _load_acquire(typingctx, flags, i):
+    """flags[i] read with an atomic acquire load, so the loop re-reads memory every time."""
+    if not (isinstance(flags, types.Array) and flags.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arr, idx = args
+        idx = context.cast(builder, idx, sig.args[1], types.intp)
+        data = context.make_array(sig.args[0])(context, builder, value=arr).data
+        return builder.load_atomic(builder.gep(data, [idx]), "acquire", align=8)
+
+    return types.int64(flags, i), codegen
+
+
+@intrinsic
+def _cpu_pause(typingctx):
+    """The x86 ``pause`` hint: a polite spin (frees pipeline resources, saves power)."""
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                            "llvm.x86.sse2.pause")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@njit
+def _spin_until_not(flags, i, value, spins):
+    """Spin until flags[i] != value or `spins` pauses have passed; return flags[i]."""
+    for _ in range(spins):
+        current = _load_acquire(flags, i)
+        if current != value:
+            return current
+        _cpu_pause()
+    return _load_acquire(flags, i)
+
+
+# ----------------------------------------------------------------------------
+# the worker pool
+# ----------------------------------------------------------------------------
+
+
+class _SpinPool:
+    """Worker threads that each run one posted part at a time.
+
+    Worker w's protocol: ``posted[w]`` counts parts handed to it, ``finished[w]``
+    the parts it has completed; it spins on ``posted[w]``, then sleeps on
+    ``wakeup``. ``posted`` is only written under ``wakeup``'s lock, and a worker
+    only sleeps after re-checking ``posted`` under it, so no wake-up is lost.
+    """
+
+    def __init__(self):
+        self.posted = np.zeros(0, np.int64)
+        self.finished = np.zeros(0, np.int64)
+        self.tasks: list = []
+        self.errors: list = []
+        self.wakeup = threading.Condition()
+        self.busy = threading.Lock()  # one caller at a time owns the workers
+
+    def ensure_workers(self, n):
+        if n <= len(self.tasks):
+            return
+        with self.wakeup:  # no worker reads the arrays while they are replaced
+            old = len(self.tasks)
+            self.posted = np.concatenate([self.posted, np.zeros(n - old, np.int64)])
+            self.finished = np.concatenate([self.finished, np.zeros(n - old, np.int64)])
+            self.tasks += [None] * (n - old)
+            self.errors += [None] * (n - old)
+        for w in range(old, n):
+            threading.Thread(target=self._work, args=(w,), name=f"tinyvae-{w}", daemon=True).start()
+
+    def _work(self, w):
+        seen = 0
+        while True:
+            if _spin_until_not(self.posted, w, seen, WORKER_SPINS) == seen:
+                with self.wakeup:
+                    while self.posted[w] == seen:
+                        self.wakeup.wait()
+            seen = int(self.posted[w])
+            kernel, args = self.tasks[w]
+            self.tasks[w] = None
+            try:
+                kernel(*args)
+            except BaseException as error:  # handed to the caller, which re-raises it
+                self.errors[w] = error
+            self.finished[w] = seen
+
+    def run(self, kernel, parts):
+        """kernel(*parts[0]) here and kernel(*parts[w + 1]) on worker w; wait for all."""
+        helpers = parts[1:]
+        self.ensure_workers(len(helpers))
+        with self.wakeup:
+            for w, args in enumerate(helpers):
+                self.tasks[w] = (kernel, args)
+                self.posted[w] += 1
+            self.wakeup.notify_all()
+        try:
+            kernel(*parts[0])
+        finally:
+            self._join(len(helpers))
+
+    def _join(self, n):
+        error = None
+        for w in range(n):
+            target = self.posted[w]
+            while _spin_until_not(self.finished, w, target - 1, CALLER_SPINS) != target:
+                pass
+            if self.errors[w] is not None:
+                error, self.errors[w] = error or self.errors[w], None
+        if error is not None:
+            raise error
+
+
+#: the pool and the process that made it: a child made by fork inherits the pool
+#: object but not its threads, so it must make its own
+_pool: dict = {"pid": None, "pool": None}
+
+
+def _the_pool() -> _SpinPool:
+    if _pool["pid"] != os.getpid():
+        _pool["pool"] = _SpinPool()
+        _pool["pid"] = os.getpid()
+    return _pool["pool"]
 
 
 def num_threads() -> int:
@@ -29,27 +181,25 @@ def num_threads() -> int:
     return numba.get_num_threads()
 
 
-def _executor() -> ThreadPoolExecutor:
-    # created on first use and kept: starting threads costs ~100 us each time
-    if _pool["pid"] != os.getpid():
-        _pool["executor"] = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
-                                               thread_name_prefix="tinyvae")
-        _pool["pid"] = os.getpid()
-    return _pool["executor"]
-
-
 def run_parts(kernel, parts) -> None:
     """Call kernel(*args) for every args in parts: the first on this thread, the rest
-    on worker threads; return when all are done (re-raising the first error)."""
+    on worker threads; return when all are done (re-raising the first error).
+
+    If another thread is already using the workers, the parts run here one after
+    another: the same results, computed without parallelism.
+    """
     if len(parts) == 1:
         kernel(*parts[0])
         return
-    futures = [_executor().submit(kernel, *args) for args in parts[1:]]
+    pool = _the_pool()
+    if not pool.busy.acquire(blocking=False):
+        for args in parts:
+            kernel(*args)
+        return
     try:
-        kernel(*parts[0])
+        pool.run(kernel, parts)
     finally:
-        for f in futures:
-            f.result()
+        pool.busy.release()
 
 
 def split(n: int, parts: int, multiple: int = 1) -> list[tuple[int, int]]:
