@@ -44,3 +44,12 @@ def test_layer_shapes_merge_the_heads_and_count_flops():
     # forward + weight grads for every layer, input grads for all but the first
     per = [2.0 * 64 * fi * fo for fi, fo in shapes]
     assert bench.gemm_flops(64, shapes) == 2 * sum(per) + sum(per[1:])
+
+
+def test_interleaved_times_settles_each_turn_untimed():
+    calls = []
+    times = bench.interleaved_times([lambda: calls.append("a"), lambda: calls.append("b")],
+                                    min_time=0.0, min_reps=1, warmup=0, block=3, settle=1,
+                                    settle_seconds=0.02)
+    assert [len(t) for t in times] == [2, 2]  # block - settle timed calls per turn
+    assert calls.count("a") > 3 and calls.count("b") > 3  # plus the untimed settling runs

@@ -80,13 +80,16 @@ def thread_limit(n: int):
             torch.set_num_threads(torch_before)
 
 
-def interleaved_times(fns, min_time=0.3, min_reps=7, warmup=2, clock="wall", block=6, settle=2):
+def interleaved_times(fns, min_time=0.3, min_reps=7, warmup=2, clock="wall", block=6, settle=2,
+                      settle_seconds=0.0):
     """Per-call times (seconds) of each function in `fns`, taking turns in blocks.
 
-    Each turn runs one function `block` times and keeps the times of all but the
-    first `settle` calls: a library's worker threads keep spinning for a while
-    after its last call (OpenBLAS, PyTorch's OpenMP pool), and the next contender's
-    first calls would pay for that. Turns alternate, so a stall of the machine
+    Each turn first runs its function untimed for `settle_seconds`, then runs it
+    `block` times and keeps the times of all but the first `settle` calls: a
+    library's worker threads keep spinning for a while after its last call
+    (OpenBLAS ~0.1 s, PyTorch's OpenMP pool up to its 200 ms block time, tinyvae's
+    ~1 ms), and on a machine with as many cores as threads the next contender would
+    share its cores with those spinners. Turns alternate, so a stall of the machine
     still hits every side alike.
     clock "wall" (perf_counter) or "cpu" (thread_time: this thread's CPU time,
     meaningful for one-thread runs only). Returns one list of times per function.
@@ -99,12 +102,24 @@ def interleaved_times(fns, min_time=0.3, min_reps=7, warmup=2, clock="wall", blo
     start = time.perf_counter()
     while time.perf_counter() - start < min_time or len(times[0]) < min_reps:
         for fn, ts in zip(fns, times, strict=True):
+            turn = time.perf_counter()
+            while time.perf_counter() - turn < settle_seconds:
+                fn()
             for i in range(block):
                 t0 = tick()
                 fn()
                 if i >= settle:
                     ts.append(tick() - t0)
     return times
+
+
+#: seconds each multi-threaded turn runs untimed first (see interleaved_times); at one
+#: thread no library starts worker threads, so none is needed there
+SETTLE_SECONDS = 0.25
+
+
+def _settle(n_threads, settle):
+    return 0.0 if n_threads == 1 else settle
 
 
 def median(xs):
@@ -173,7 +188,7 @@ def gemm_cases(batch, layers, dtype, rng):
 
 
 def run_gemm(dtypes=("float32", "float64"), threads=(1, 2), batches=GEMM_BATCHES,
-             layers=GEMM_LAYERS, min_time=0.25, clock="wall", out=None):
+             layers=GEMM_LAYERS, min_time=0.25, clock="wall", settle=SETTLE_SECONDS, out=None):
     """Print one table per (dtype, threads) and a summary; return {(dtype, threads): ratios}."""
     from tinyvae import kernels as K
 
@@ -190,7 +205,8 @@ def run_gemm(dtypes=("float32", "float64"), threads=(1, 2), batches=GEMM_BATCHES
                     for batch in batches:
                         for shape, form, ours, theirs, flops in gemm_cases(batch, layers, dt, rng):
                             t_ours, t_np = (median(t) for t in interleaved_times(
-                                [ours, theirs], min_time, clock=_clock(clock, nt)))
+                                [ours, theirs], min_time, clock=_clock(clock, nt),
+                                settle_seconds=_settle(nt, settle)))
                             ratios.append(t_np / t_ours)
                             rows.append([shape, form, f"{flops / t_ours / 1e9:.1f}",
                                          f"{flops / t_np / 1e9:.1f}", f"{t_np / t_ours:.2f}"])
@@ -295,12 +311,13 @@ def torch_step(dims, x, eps):
     return step
 
 
-def blas_rate(batch, fan_in, fan_out, clock="wall"):
+def blas_rate(batch, fan_in, fan_out, clock="wall", settle_seconds=0.0):
     """numpy.matmul FLOP/s at (batch, fan_in) @ (fan_in, fan_out), float32, current threads."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((batch, fan_in)).astype(np.float32)
     b = rng.standard_normal((fan_in, fan_out)).astype(np.float32)
-    (t,) = interleaved_times([lambda: np.matmul(a, b)], min_time=0.2, clock=clock)
+    (t,) = interleaved_times([lambda: np.matmul(a, b)], min_time=0.2, clock=clock,
+                             settle_seconds=settle_seconds)
     return 2.0 * batch * fan_in * fan_out / median(t)
 
 
@@ -313,7 +330,7 @@ def torch_available() -> bool:
 
 
 def run_step(models=("canonical",), batches=(64, 128), threads=(1, 2), min_time=2.0,
-             use_torch=True, clock="wall", model_dims=None, out=None):
+             use_torch=True, clock="wall", model_dims=None, settle=SETTLE_SECONDS, out=None):
     """Print the steps/s table; return {(model, batch, threads): {contender: seconds}}."""
     out = out or sys.stdout
     if use_torch and not torch_available():
@@ -334,8 +351,8 @@ def run_step(models=("canonical",), batches=(64, 128), threads=(1, 2), min_time=
                 ck = _clock(clock, nt)
                 with thread_limit(nt):
                     times = interleaved_times(list(contenders.values()), min_time, warmup=5,
-                                              clock=ck)
-                    rate = blas_rate(batch, dims[0], dims[1][0], ck)
+                                              clock=ck, settle_seconds=_settle(nt, settle))
+                    rate = blas_rate(batch, dims[0], dims[1][0], ck, _settle(nt, settle))
                 floor = gemm_flops(batch, layer_shapes(*dims)) / rate
                 t = {k: median(v) for k, v in zip(contenders, times, strict=True)}
                 results[(name, batch, nt)] = t
@@ -396,12 +413,14 @@ def _command(args) -> int:
         run_gemm(dtypes=args.dtype, threads=args.threads,
                  batches=args.batch or (QUICK_BATCHES if args.quick else GEMM_BATCHES),
                  layers=QUICK_LAYERS if args.quick else GEMM_LAYERS,
-                 min_time=args.min_time or (0.01 if args.quick else 0.25), clock=args.clock)
+                 min_time=args.min_time or (0.01 if args.quick else 0.25), clock=args.clock,
+                 settle=0.0 if args.quick else SETTLE_SECONDS)
     if args.what in ("step", "all"):
         run_step(models=args.model, batches=args.batch or ((8,) if args.quick else (64, 128)),
                  threads=args.threads, min_time=args.min_time or (0.01 if args.quick else 2.0),
                  use_torch=not args.no_torch, clock=args.clock,
-                 model_dims=QUICK_MODEL if args.quick else None)
+                 model_dims=QUICK_MODEL if args.quick else None,
+                 settle=0.0 if args.quick else SETTLE_SECONDS)
     return 0
 
 
