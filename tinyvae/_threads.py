@@ -15,9 +15,10 @@ futex wake of an idle vCPU). Our workers instead *spin* (in ``nogil`` compiled
 code, reading a per-worker sequence number with an atomic load and a ``pause``)
 for about a millisecond after each part, and only then sleep on a condition
 variable; the caller likewise spins, GIL released, until its workers report
-done. A hand-off to a spinning worker costs ~10 us. This is what OpenMP
-runtimes do (GOMP_SPINCOUNT); the price is a core kept busy for a millisecond
-after the last parallel call.
+done. A hand-off to a spinning worker costs ~20 us, most of it the GIL passing
+between the two threads (the worker needs it to call the kernel). This is what
+OpenMP runtimes do (GOMP_SPINCOUNT); the price is a core kept busy for a
+millisecond after the last parallel call.
 
 The thread count is Numba's (``numba.set_num_threads`` or
 ``tinyvae._numba.set_num_threads``), so one knob controls every kernel.
