@@ -56,6 +56,12 @@ def _element_pointer(context, builder, arrtype, arr, index):
     return builder.gep(data, [index])
 
 
+def _indexed_pointer(context, builder, sig, args):
+    """Pointer to element args[1] (any integer type) of the 1-D array args[0]."""
+    idx = context.cast(builder, args[1], sig.args[1], types.intp)
+    return _element_pointer(context, builder, sig.args[0], args[0], idx)
+
+
 def _vector_pointer(builder, ptr, vtype):
     return builder.bitcast(ptr, vtype.as_pointer())
 
@@ -81,9 +87,7 @@ def vload(typingctx, x, i):
     vt = _vector_of(x)
 
     def codegen(context, builder, sig, args):
-        arr, idx = args
-        idx = context.cast(builder, idx, sig.args[1], types.intp)
-        ptr = _element_pointer(context, builder, sig.args[0], arr, idx)
+        ptr = _indexed_pointer(context, builder, sig, args)
         lt = context.get_value_type(vt)
         return builder.load(_vector_pointer(builder, ptr, lt), align=x.dtype.bitwidth // 8)
 
@@ -97,9 +101,8 @@ def vstore(typingctx, x, i, v):
         return None
 
     def codegen(context, builder, sig, args):
-        arr, idx, val = args
-        idx = context.cast(builder, idx, sig.args[1], types.intp)
-        ptr = _element_pointer(context, builder, sig.args[0], arr, idx)
+        ptr = _indexed_pointer(context, builder, sig, args)
+        val = args[2]
         builder.store(val, _vector_pointer(builder, ptr, val.type), align=x.dtype.bitwidth // 8)
         return context.get_dummy_value()
 
@@ -114,9 +117,7 @@ def vbroadcast(typingctx, x, i):
     vt = _vector_of(x)
 
     def codegen(context, builder, sig, args):
-        arr, idx = args
-        idx = context.cast(builder, idx, sig.args[1], types.intp)
-        ptr = _element_pointer(context, builder, sig.args[0], arr, idx)
+        ptr = _indexed_pointer(context, builder, sig, args)
         return _splat(context, builder, vt, builder.load(ptr))
 
     return vt(x, i), codegen
@@ -286,8 +287,7 @@ def load(typingctx, x, i):
         return None
 
     def codegen(context, builder, sig, args):
-        idx = context.cast(builder, args[1], sig.args[1], types.intp)
-        return builder.load(_element_pointer(context, builder, sig.args[0], args[0], idx))
+        return builder.load(_indexed_pointer(context, builder, sig, args))
 
     return x.dtype(x, i), codegen
 
@@ -299,9 +299,8 @@ def store(typingctx, x, i, v):
         return None
 
     def codegen(context, builder, sig, args):
-        idx = context.cast(builder, args[1], sig.args[1], types.intp)
         val = context.cast(builder, args[2], sig.args[2], x.dtype)
-        builder.store(val, _element_pointer(context, builder, sig.args[0], args[0], idx))
+        builder.store(val, _indexed_pointer(context, builder, sig, args))
         return context.get_dummy_value()
 
     return types.none(x, i, v), codegen

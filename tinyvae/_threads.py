@@ -37,6 +37,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from tinyvae._numba import njit
+from tinyvae._simd import _indexed_pointer
 
 #: pause-loop iterations a worker spins before it sleeps: ~1 ms here (a pause takes
 #: ~25 ns on this Zen core; newer cores vary from a few ns to ~40 ns)
@@ -57,10 +58,7 @@ def _load_acquire(typingctx, flags, i):
         return None
 
     def codegen(context, builder, sig, args):
-        arr, idx = args
-        idx = context.cast(builder, idx, sig.args[1], types.intp)
-        data = context.make_array(sig.args[0])(context, builder, value=arr).data
-        return builder.load_atomic(builder.gep(data, [idx]), "acquire", align=8)
+        return builder.load_atomic(_indexed_pointer(context, builder, sig, args), "acquire", align=8)
 
     return types.int64(flags, i), codegen
 
