@@ -348,11 +348,11 @@ def run_step(models=("canonical",), batches=(64, 128), threads=(1, 2), min_time=
             if use_torch:
                 contenders["torch"] = torch_step(dims, x, eps)
             for nt in threads:
-                ck = _clock(clock, nt)
+                ck, wait = _clock(clock, nt), _settle(nt, settle)
                 with thread_limit(nt):
                     times = interleaved_times(list(contenders.values()), min_time, warmup=5,
-                                              clock=ck, settle_seconds=_settle(nt, settle))
-                    rate = blas_rate(batch, dims[0], dims[1][0], ck, _settle(nt, settle))
+                                              clock=ck, settle_seconds=wait)
+                    rate = blas_rate(batch, dims[0], dims[1][0], ck, wait)
                 floor = gemm_flops(batch, layer_shapes(*dims)) / rate
                 t = {k: median(v) for k, v in zip(contenders, times, strict=True)}
                 results[(name, batch, nt)] = t
