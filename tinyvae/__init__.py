@@ -11,7 +11,7 @@ import importlib
 from tinyvae import gradcheck, kernels, layers, losses
 from tinyvae.io import load, save
 from tinyvae.kernels import get_backend, set_backend, use_backend
-from tinyvae.models import VAE, Autoencoder, BetaVAE
+from tinyvae.models import VAE, Autoencoder, BetaTCVAE, BetaVAE
 from tinyvae.optim import SGD, Adagrad, Adam, Optimizer
 
 __version__ = "0.1.0"
@@ -32,7 +32,7 @@ def __dir__():
 
 
 __all__ = [
-    "VAE", "Autoencoder", "BetaVAE", "SGD", "Adam", "Adagrad", "Optimizer",
+    "VAE", "Autoencoder", "BetaVAE", "BetaTCVAE", "SGD", "Adam", "Adagrad", "Optimizer",
     "load", "save", "set_backend", "get_backend", "use_backend",
     "kernels", "layers", "losses", "gradcheck", "datasets", "metrics", "plots", "__version__",
 ]

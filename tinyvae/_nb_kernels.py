@@ -6,6 +6,7 @@ dtype, one thread or all) and hand over to the compiled kernels in
 
 * :mod:`tinyvae._gemm`    packed, register-tiled GEMM with a bias + activation epilogue,
 * :mod:`tinyvae._fused`   single-pass activations, Bernoulli NLL, reparameterization + KL,
+* :mod:`tinyvae._tc`      the (B, B, d) pass of the total-correlation estimators,
 * :mod:`tinyvae._updates` vectorised Adam / SGD / Adagrad steps,
 * :mod:`tinyvae._simd`    the 256-bit vector type and operations they are written with.
 
@@ -14,17 +15,21 @@ Results never depend on the number of threads: threads split outputs, never sums
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from tinyvae import _fused, _updates
+from tinyvae import _fused, _tc, _updates
 from tinyvae._gemm import gemm, gemm_into
 from tinyvae._simd import VECTOR_BYTES
 from tinyvae._threads import num_threads, run_parts, split
 
+_LOG_2PI = math.log(2 * math.pi)
+
 __all__ = [
     "gemm", "dense_forward", "activate", "activation_backward", "activation_bias_backward",
     "bernoulli_nll_logits", "reparam_kl_forward", "reparam_kl_backward",
-    "adam_update", "sgd_update", "adagrad_update",
+    "adam_update", "sgd_update", "adagrad_update", "tc_terms_forward", "tc_terms_backward",
 ]
 
 
@@ -156,3 +161,41 @@ def adagrad_update(p, g, accum, lr, eps, weight_decay):
     args = (p, g, accum, t(lr), t(eps), t(weight_decay), weight_decay != 0)
     _run_ranges(_updates.adagrad_range, args, p.size,
                 _chunks(p.size, _updates.PARALLEL_MIN_SIZE), VECTOR_BYTES // p.itemsize)
+
+
+# ----------------------------------------------------------------------------
+# total-correlation estimators (beta-TCVAE)
+# ----------------------------------------------------------------------------
+
+
+def tc_terms_forward(z, mu, logvar, log_weights):
+    """(terms (3, B), cache): log q(z_i|x_i), log q(z_i), sum_k log q(z_ik) per sample."""
+    z = np.ascontiguousarray(z)
+    B, d = z.shape
+    logvar_t = np.ascontiguousarray(logvar.T)
+    mu_t = np.ascontiguousarray(mu.T)
+    inv_var_t = np.exp(-logvar_t)
+    const_t = -0.5 * (z.dtype.type(_LOG_2PI) + logvar_t)
+    lw = np.ascontiguousarray(log_weights, dtype=z.dtype)
+    joint = np.empty((B, B), z.dtype)
+    marginal = np.empty((B, d, B), z.dtype)
+    terms = np.empty((3, B), z.dtype)
+    _run_ranges(_tc.tc_forward_rows, (z, mu_t, inv_var_t, const_t, lw, joint, marginal, terms),
+                B, _chunks(B * B * d, _fused.PARALLEL_MIN_SIZE))
+    return terms, (z, mu_t, inv_var_t, joint, marginal)
+
+
+def tc_terms_backward(g_own, g_joint, g_marginal, g_prior, cache):
+    """(dz, dmu, dlogvar), each (B, d), given the upstream gradient of each term (B,)."""
+    z, mu_t, inv_var_t, joint, marginal = cache
+    B, d = z.shape
+    g_own, g_joint, g_marginal, g_prior = (np.ascontiguousarray(g, dtype=z.dtype)
+                                           for g in (g_own, g_joint, g_marginal, g_prior))
+    dz = np.empty((B, d), z.dtype)
+    dmu_t, dlogvar_t = np.empty((d, B), z.dtype), np.empty((d, B), z.dtype)
+    parts = _chunks(B * B * d, _fused.PARALLEL_MIN_SIZE)
+    _run_ranges(_tc.tc_dz_rows, (z, mu_t, inv_var_t, joint, marginal, g_own, g_joint,
+                                 g_marginal, g_prior, dz), B, parts)
+    _run_ranges(_tc.tc_posterior_columns, (z, mu_t, inv_var_t, joint, marginal, g_own, g_joint,
+                                           g_marginal, dmu_t, dlogvar_t), B, parts)
+    return dz, np.ascontiguousarray(dmu_t.T), np.ascontiguousarray(dlogvar_t.T)

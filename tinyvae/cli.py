@@ -1,4 +1,4 @@
-"""Command line: ``tinyvae train | evaluate | traverse | bench | lessons``.
+"""Command line: ``tinyvae train | evaluate | traverse | sweep | bench | lessons``.
 
 ``tinyvae train`` with no arguments is the main job: a beta-VAE (beta = 4) that
 disentangles procedurally rendered dSprites in a few minutes on a laptop, and
@@ -24,7 +24,8 @@ EXIT_INTERRUPTED = 130
 #: options --resume accepts; everything else is fixed by the run's config.json
 _RESUME_OPTIONS = ("steps", "epochs", "quiet", "quick_eval", "no_report")
 #: training options whose defaults come from the data set's recipe (None = not given)
-_TRAIN_OPTIONS = ("model", "beta", "capacity", "capacity_steps", "gamma", "latent", "hidden",
+_TRAIN_OPTIONS = ("model", "beta", "capacity", "capacity_steps", "gamma", "alpha", "estimator",
+                  "latent", "hidden",
                   "epochs", "steps", "batch_size", "optimizer", "lr", "seed", "resolution",
                   "n_train", "kl_warmup", "activation")
 
@@ -96,41 +97,7 @@ def _add_train(sub):
                     "history.csv, figures/, report.json and report.md. With no arguments: "
                     "the main job, a beta-VAE (beta = 4) that disentangles dSprites. Options "
                     "left out take the data set's defaults (printed at the start).")
-    data = train.add_argument_group("data")
-    data.add_argument("--dataset", choices=runs.DATASETS,
-                      help="default dsprites: procedural dSprites, scikit-learn digits, MNIST / "
-                           "Fashion-MNIST (downloaded once), or a 3-D spiral (Gaussian likelihood)")
-    data.add_argument("--resolution", type=_resolution, metavar="PIXELS",
-                      help="dSprites image side (default 32)")
-    data.add_argument("--n-train", type=_positive_int, metavar="N",
-                      help="dSprites / spiral: training examples to draw (dSprites default 100000)")
-    model = train.add_argument_group("model")
-    model.add_argument("--model", choices=runs.MODELS,
-                       help="default: beta-vae for dsprites, vae otherwise")
-    model.add_argument("--beta", type=_float_at_least(0, strict=False),
-                       help="KL weight (default 4 for beta-vae, 1 for vae)")
-    model.add_argument("--capacity", type=_float_at_least(0, strict=False), metavar="NATS",
-                       help="beta-vae: train on recon + gamma |KL - C|, C rising to NATS "
-                            "(Burgess et al. 2018)")
-    model.add_argument("--capacity-steps", type=_positive_int, metavar="N",
-                       help="steps over which C rises (default: the whole run)")
-    model.add_argument("--gamma", type=_float_at_least(0, strict=True),
-                       help="weight of |KL - C| (default 100)")
-    model.add_argument("--latent", type=_positive_int, metavar="D",
-                       help="latent dimensions (dsprites 10, digits 8, mnist 20, spiral 2)")
-    model.add_argument("--hidden", type=_positive_int, nargs="+", metavar="H",
-                       help="hidden layer sizes, encoder order (the decoder mirrors them)")
-    model.add_argument("--activation", choices=runs.ACTIVATIONS, help="hidden activation")
-    opt = train.add_argument_group("optimisation")
-    length = opt.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=_positive_int, metavar="N", help="training steps")
-    length.add_argument("--epochs", type=_positive_int, metavar="N", help="passes over the data")
-    opt.add_argument("--batch-size", type=_positive_int, metavar="N")
-    opt.add_argument("--optimizer", choices=runs.OPTIMIZERS)
-    opt.add_argument("--lr", type=_float_at_least(0, strict=True), help="learning rate")
-    opt.add_argument("--kl-warmup", type=_non_negative_int, metavar="STEPS",
-                     help="raise the KL weight linearly from 0 over STEPS")
-    opt.add_argument("--seed", type=_non_negative_int, help="seed of data, init and noise (default 0)")
+    _add_training_options(train)
     out = train.add_argument_group("run folder")
     where = out.add_mutually_exclusive_group()
     where.add_argument("--out", type=Path, metavar="DIR",
@@ -146,6 +113,52 @@ def _add_train(sub):
                      help="only train and checkpoint; write the report later with tinyvae evaluate")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_train, parser=train)
+
+
+def _add_training_options(train):
+    """The data, model and optimisation options that train and sweep share."""
+    data = train.add_argument_group("data")
+    data.add_argument("--dataset", choices=runs.DATASETS,
+                      help="default dsprites: procedural dSprites, scikit-learn digits, MNIST / "
+                           "Fashion-MNIST (downloaded once), or a 3-D spiral (Gaussian likelihood)")
+    data.add_argument("--resolution", type=_resolution, metavar="PIXELS",
+                      help="dSprites image side (default 32)")
+    data.add_argument("--n-train", type=_positive_int, metavar="N",
+                      help="dSprites / spiral: training examples to draw (dSprites default 100000)")
+    model = train.add_argument_group("model")
+    model.add_argument("--model", choices=runs.MODELS,
+                       help="default: beta-vae for dsprites, vae otherwise")
+    model.add_argument("--beta", type=_float_at_least(0, strict=False),
+                       help="KL weight (default 4 for beta-vae, 1 for vae); beta-tcvae: weight "
+                            "of the total correlation (default 6)")
+    model.add_argument("--capacity", type=_float_at_least(0, strict=False), metavar="NATS",
+                       help="beta-vae: train on recon + gamma |KL - C|, C rising to NATS "
+                            "(Burgess et al. 2018)")
+    model.add_argument("--capacity-steps", type=_positive_int, metavar="N",
+                       help="steps over which C rises (default: the whole run)")
+    model.add_argument("--gamma", type=_float_at_least(0, strict=False),
+                       help="beta-vae with --capacity: weight of |KL - C| (default 100); "
+                            "beta-tcvae: weight of the dimension-wise KL (default 1)")
+    model.add_argument("--alpha", type=_float_at_least(0, strict=False),
+                       help="beta-tcvae: weight of the index-code mutual information (default 1)")
+    model.add_argument("--estimator", choices=runs.ESTIMATORS,
+                       help="beta-tcvae: minibatch estimator of log q(z) (default mss, "
+                            "stratified sampling)")
+    model.add_argument("--latent", type=_positive_int, metavar="D",
+                       help="latent dimensions (dsprites 10, digits 8, mnist 20, spiral 2)")
+    model.add_argument("--hidden", type=_positive_int, nargs="+", metavar="H",
+                       help="hidden layer sizes, encoder order (the decoder mirrors them)")
+    model.add_argument("--activation", choices=runs.ACTIVATIONS, help="hidden activation")
+    opt = train.add_argument_group("optimisation")
+    length = opt.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive_int, metavar="N", help="training steps")
+    length.add_argument("--epochs", type=_positive_int, metavar="N", help="passes over the data")
+    opt.add_argument("--batch-size", type=_positive_int, metavar="N")
+    opt.add_argument("--optimizer", choices=runs.OPTIMIZERS)
+    opt.add_argument("--lr", type=_float_at_least(0, strict=True), help="learning rate")
+    opt.add_argument("--kl-warmup", type=_non_negative_int, metavar="STEPS",
+                     help="raise the KL weight linearly from 0 over STEPS")
+    opt.add_argument("--seed", type=_non_negative_int, help="seed of data, init and noise (default 0)")
 
 
 def _given(args) -> dict:
@@ -357,6 +370,66 @@ def _traverse(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# tinyvae sweep
+# ---------------------------------------------------------------------------------------
+
+
+def _seeds(text):
+    from tinyvae import sweep
+
+    try:
+        return sweep.parse_seeds(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("seeds: ")) from None
+
+
+def _add_sweep(sub):
+    sw = sub.add_parser(
+        "sweep", help="train the same recipe on several seeds and tabulate the spread",
+        description="Train one run folder per seed (ROOT/seed<S>/, each as tinyvae train "
+                    "--seed S would) and write ROOT/sweep.csv, sweep.md (every seed, then "
+                    "median / min / max) and sweep.png. Runs are dispatched through joblib.")
+    sw.add_argument("--seeds", type=_seeds, default=[0, 1, 2, 3, 4],
+                    help="seeds to run, e.g. 0-4 (default) or 0,3,7")
+    sw.add_argument("--root", type=Path, metavar="DIR",
+                    help="folder of the sweep (default runs/sweep-<dataset>-<model>)")
+    sw.add_argument("--jobs", type=_positive_int, default=2,
+                    help="runs at once (default 2, each on --threads threads)")
+    sw.add_argument("--threads", type=_positive_int, default=1,
+                    help="threads per run (default 1; the numbers do not depend on it)")
+    sw.add_argument("--overwrite", action="store_true", help="replace runs already in ROOT")
+    sw.add_argument("--quick-eval", action="store_true",
+                    help="small samples for the disentanglement scores (smoke tests)")
+    _add_training_options(sw)
+    sw.set_defaults(func=_sweep, parser=sw)
+
+
+def _sweep(args) -> int:
+    from tinyvae import sweep
+
+    parser = args.parser
+    if args.seed is not None:
+        parser.error("argument --seed: not allowed in a sweep (use --seeds)")
+    try:
+        config = runs.resolve_config({"dataset": args.dataset or "dsprites", **_given(args)})
+    except runs.UsageError as err:
+        parser.error(f"argument {err.option}: {err}")
+    config["quick_eval"] = args.quick_eval
+    root = args.root or Path("runs") / f"sweep-{config['dataset']}-{config['model']}"
+    for s in args.seeds:
+        _check_out(parser, root / f"seed{s}", args.overwrite, explicit=True)
+    print(f"tinyvae sweep: seeds {args.seeds} of {runs.describe({**config, 'seed': 'S'})}\n"
+          f"  root: {root}  ({args.jobs} at a time, {args.threads} thread(s) each)", flush=True)
+    try:
+        rows = sweep.run_sweep(config, args.seeds, root, jobs=args.jobs, threads=args.threads)
+    except _data_errors() as err:
+        return _fail("sweep", err)
+    print(sweep.markdown_table(rows))
+    print(f"tables: {root / 'sweep.md'}, {root / 'sweep.csv'}; figure: {root / 'sweep.png'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 # the parser
 # ---------------------------------------------------------------------------------------
 
@@ -368,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_traverse(sub)
+    _add_sweep(sub)
     # bench and lessons own their subcommands; each imports its heavy dependencies
     # inside the command, so `tinyvae --help` stays fast.
     bench.add_subparser(sub)

@@ -24,7 +24,7 @@ import threading
 
 import numpy as np
 
-from tinyvae import kernels, layers
+from tinyvae import kernels, layers, losses
 from tinyvae.losses import LOG_2PI
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -105,7 +105,8 @@ class _BaseModel:
         self.activation = activation
         if not 0 < alpha < 1:
             raise ValueError(f"alpha: expected 0 < alpha < 1, got {alpha!r}")
-        self.alpha = float(alpha)
+        # the leaky_relu slope; BetaTCVAE uses the name alpha for its MI weight
+        self.leaky_slope = self.alpha = float(alpha)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
@@ -151,7 +152,7 @@ class _BaseModel:
             "input_dim": self.input_dim, "hidden": list(self.hidden),
             "latent_dim": self.latent_dim, "likelihood": self.likelihood,
             "activation": self.activation, "dtype": self.dtype.name, "seed": self.seed,
-            "obs_std": self.obs_std, "alpha": self.alpha,
+            "obs_std": self.obs_std, "alpha": self.leaky_slope,
         }
 
     def __repr__(self):
@@ -169,7 +170,7 @@ class _BaseModel:
         for i in range(1, len(self.hidden) + 1):
             p = self.params
             h, cache = layers.dense_forward(h, p[f"enc{i}.W"], p[f"enc{i}.b"], self.activation,
-                                            self.alpha)
+                                            self.leaky_slope)
             caches.append(cache)
         return h, caches
 
@@ -185,7 +186,7 @@ class _BaseModel:
         p = self.params
         for i in range(1, len(self.hidden) + 1):
             h, cache = layers.dense_forward(h, p[f"dec{i}.W"], p[f"dec{i}.b"], self.activation,
-                                            self.alpha)
+                                            self.leaky_slope)
             caches.append(cache)
         out, cache = layers.dense_forward(h, p["out.W"], p["out.b"], "identity")
         caches.append(cache)
@@ -502,7 +503,106 @@ class BetaVAE(VAE):
                 "capacity_steps": self.capacity_steps, "gamma": self.gamma}
 
 
-MODELS = {"Autoencoder": Autoencoder, "VAE": VAE, "BetaVAE": BetaVAE}
+class BetaTCVAE(VAE):
+    """beta-TCVAE (Chen et al. 2018): the KL term split into three parts, each weighted.
+
+    loss = mean_i [ -log p(x_i | z_i)
+                    + alpha (log q(z_i|x_i) - log q(z_i))          index-code MI
+                    + beta  (log q(z_i) - sum_k log q(z_ik))       total correlation
+                    + gamma (sum_k log q(z_ik) - log p(z_i)) ]     dimension-wise KL
+    with z_i = mu_i + exp(logvar_i / 2) eps_i and q(z) = (1/N) sum_n q(z | x_n), the
+    aggregate posterior over the N = dataset_size training points, estimated from
+    the minibatch (estimator "mss" or "mws": losses.log_importance_weights).
+    alpha = beta = gamma = 1 is the VAE's single-sample negative ELBO. A large beta
+    penalises only the dependence between latents, which is what a rotated (x, y)
+    code has and an axis-aligned one has not.
+
+    dataset_size=None takes len(X) at the first ``fit``. ``leaky_slope`` is the
+    leaky_relu slope (the other models call it alpha). Warm-up: ``fit(...,
+    kl_warmup_steps=S)`` raises the whole penalty's weight linearly from 0 over S steps.
+    The analytic KL is still computed for the history, the KL bars and active units.
+    """
+
+    def __init__(self, input_dim, hidden=(400,), latent_dim=10, likelihood="bernoulli",
+                 alpha=1.0, beta=6.0, gamma=1.0, dataset_size=None, estimator="mss",
+                 activation="relu", dtype=np.float32, seed=0, obs_std=0.1, leaky_slope=0.01):
+        super().__init__(input_dim, hidden, latent_dim, likelihood, beta, activation, dtype,
+                         seed, obs_std, leaky_slope)
+        for name, value in (("alpha", alpha), ("gamma", gamma)):
+            if not (isinstance(value, (int, float)) and value >= 0 and np.isfinite(value)):
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        self.alpha, self.gamma = float(alpha), float(gamma)
+        if estimator not in losses.TC_ESTIMATORS:
+            raise ValueError(f"estimator: expected one of {losses.TC_ESTIMATORS}, got {estimator!r}")
+        self.estimator = estimator
+        self.dataset_size = None if dataset_size is None else _positive_int("dataset_size",
+                                                                            dataset_size)
+        self._log_weights = {}
+
+    def get_config(self):
+        config = {**super().get_config(), "alpha": self.alpha, "gamma": self.gamma,
+                  "dataset_size": self.dataset_size, "estimator": self.estimator,
+                  "leaky_slope": self.leaky_slope}
+        return config
+
+    def fit(self, X, *args, **kwargs):
+        """As VAE.fit; a model built with dataset_size=None takes N = len(X) here."""
+        if self.dataset_size is None and hasattr(X, "__len__"):
+            self.dataset_size = _positive_int("dataset_size", len(X))
+        return super().fit(X, *args, **kwargs)
+
+    def penalty_weight(self, step=None):
+        """The weight of the whole penalty at a training step: 1, ramped up during warm-up."""
+        step = self.step_ if step is None else step
+        if self.kl_warmup_steps and step < self.kl_warmup_steps:
+            return step / self.kl_warmup_steps
+        return 1.0
+
+    def log_weights(self, batch_size):
+        """log w (B, B) of the estimator for a batch of this size (cached per size)."""
+        if self.dataset_size is None:
+            raise ValueError("dataset_size: expected the number of training points N (the "
+                             "estimators of log q(z) need it), got None; pass dataset_size= "
+                             "or call fit first")
+        if batch_size not in self._log_weights:
+            self._log_weights[batch_size] = losses.log_importance_weights(
+                batch_size, self.dataset_size, self.estimator).astype(self.dtype)
+        return self._log_weights[batch_size]
+
+    def _loss(self, x, target, eps, compute_grads):
+        n = x.shape[0]
+        mu, logvar, enc_caches, head_cache = self._encode_batch(x)
+        if eps is None:
+            eps = self._rng.standard_normal(mu.shape, dtype=self.dtype)
+        z, sigma, kl = kernels.reparam_kl_forward(mu, logvar, eps)
+        out, dec_caches = self._decoder_forward(z)
+        nll, dout, extra = self._reconstruction(out, target, 1.0 / n)
+        recon = float(nll.mean())
+        weight = self.penalty_weight()
+        penalty, parts, tc_cache = losses.tc_penalty_forward(
+            z, mu, logvar, self.log_weights(n), weight * self.alpha, weight * self.beta,
+            weight * self.gamma)
+        loss = recon + penalty
+        kl_per_latent = kl.mean(axis=0)
+        self.last_loss_parts_ = {"loss": loss, "recon": recon, "kl": float(kl_per_latent.sum()),
+                                 "kl_per_latent": kl_per_latent, **parts}
+        if not compute_grads:
+            return loss, None
+        grads = dict(extra)
+        # backward: the decoder gives dz; the penalty adds to dz and acts on mu and logvar
+        # directly (through every posterior j in its logsumexps); then z = mu + sigma eps
+        dz = self._decoder_backward(dout, dec_caches, grads)
+        dz_penalty, dmu_penalty, dlogvar_penalty = losses.tc_penalty_backward(1.0, tc_cache)
+        dmu, dlogvar = kernels.reparam_kl_backward(dz + dz_penalty, mu, eps, sigma, 0.0)
+        need_dh = bool(enc_caches)
+        dh = self._heads_backward(dmu + dmu_penalty, dlogvar + dlogvar_penalty, head_cache,
+                                  grads, need_dh)
+        if need_dh:
+            self._encoder_backward(dh, enc_caches, grads)
+        return loss, {k: grads[k] for k in self.params}
+
+
+MODELS = {"Autoencoder": Autoencoder, "VAE": VAE, "BetaVAE": BetaVAE, "BetaTCVAE": BetaTCVAE}
 
 
 @contextlib.contextmanager
@@ -529,4 +629,4 @@ def deferred_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
-__all__ = ["Autoencoder", "VAE", "BetaVAE", "MODELS"]
+__all__ = ["Autoencoder", "VAE", "BetaVAE", "BetaTCVAE", "MODELS"]

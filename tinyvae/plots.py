@@ -545,3 +545,39 @@ def beta_sweep(results, score: str = "score", score_label: str | None = None,
         ax.set_ylabel(score_label or score)
         ax.set_title(f"{score_label or score} against β")
     return _finish(fig, path)
+
+
+def seed_spread(values, labels, seeds, path=None, title: str = "") -> Figure:
+    """One column per score, one dot per seed, with each column's median as a bar.
+
+    values: list (one per score) of lists (one per seed; None where missing),
+    labels: score names, seeds: the seed of each dot. The axis runs from 0 to 1,
+    so a spread is seen at its true size and never magnified into a trend.
+    """
+    if len(values) != len(labels):
+        raise ValueError(f"labels: expected {len(values)} names like values, got {len(labels)}")
+    fig = Figure(figsize=(1.1 * len(labels) + 1.5, 3.4), layout="constrained")
+    ax = fig.subplots()
+    colors = _seed_colors(len(seeds))
+    offsets = np.linspace(-0.18, 0.18, len(seeds)) if len(seeds) > 1 else [0.0]
+    for c, column in enumerate(values):
+        found = [v for v in column if v is not None]
+        if found:
+            ax.hlines(np.median(found), c - 0.3, c + 0.3, color="0.3", lw=2)
+        for s, v in enumerate(column):
+            if v is not None:
+                ax.plot(c + offsets[s], v, "o", color=colors[s],
+                        label=f"seed {seeds[s]}" if c == 0 else None)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score (MIG, or the factor's normalised gap)")
+    ax.set_title(title or "spread over seeds (bar: median)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right", ncols=2)
+    return _finish(fig, path)
+
+
+def _seed_colors(n):
+    """n distinct colours of matplotlib's default cycle (repeating past ten)."""
+    cycle = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+             "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
+    return [cycle[i % len(cycle)] for i in range(n)]

@@ -24,6 +24,8 @@ UNUSED_KL = 0.01
 #: images encoded for MIG / DCI, and the intervention points of the two classifier scores
 MIG_SAMPLES = 10_000
 SCORE_POINTS = (500, 250)      # (n_train, n_test) of beta_vae_score and factor_vae_score
+#: held-out sprites whose reconstructions are checked for their shape (metrics.shape_fidelity)
+SHAPE_SAMPLES = 2000
 
 #: the keys report.json always has at its top level (None where a model has no such number)
 REPORT_KEYS = ("elbo", "recon", "kl", "kl_per_latent", "active_units", "mig",
@@ -44,7 +46,8 @@ def evaluate(model, data: RunData, config: dict, progress: bool = True,
     """
     n_mig = 2000 if quick else MIG_SAMPLES
     n_train, n_test = (60, 40) if quick else SCORE_POINTS
-    stages = ["likelihood"] + (["mig", "beta-vae", "factor-vae"] if data.dsprites else [])
+    stages = ["likelihood"] + (["mig", "beta-vae", "factor-vae", "shape"] if data.dsprites
+                               else [])
     bar = tqdm(stages, desc="evaluating", disable=not progress, leave=False)
     report = {key: None for key in REPORT_KEYS}
     report["eval"] = {"examples": len(data.X_eval), "seed": EVAL_SEED, "quick": quick}
@@ -60,6 +63,12 @@ def evaluate(model, data: RunData, config: dict, progress: bool = True,
                 metrics.mean_encoder(model, 1024), data.dsprites, n_train, n_test,
                 seed=EVAL_SEED)
             report["eval"]["score_points"] = [n_train, n_test]
+        elif stage == "shape":
+            fidelity = metrics.shape_fidelity(model, data.dsprites, 300 if quick else SHAPE_SAMPLES,
+                                              seed=EVAL_SEED)
+            report["shape_kept"] = fidelity["shape_kept"]
+            report["shape_iou"] = fidelity["iou"]
+            report["shape_kept_per_shape"] = fidelity["per_shape"]
         else:
             report["factor_vae_score"] = metrics.factor_vae_score(
                 metrics.mean_encoder(model, 1024), data.dsprites, n_train, n_test,
@@ -149,6 +158,9 @@ def markdown(report: dict) -> str:
     if report["mig"] is not None:
         rows += [("MIG", report["mig"], 3), ("beta-VAE metric", report["beta_vae_score"], 3),
                  ("FactorVAE metric", report["factor_vae_score"], 3)]
+    if report.get("shape_kept") is not None:
+        rows += [("reconstruction closest to its own shape (IoU; chance 0.33)",
+                  report["shape_kept"], 3)]
     lines += [f"| {name} | {_fmt(value, digits)} |" for name, value, digits in rows]
     if ev.get("quick"):
         lines += ["", "*Quick evaluation (small samples): the scores are rough.*"]

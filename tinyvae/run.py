@@ -36,7 +36,7 @@ HISTORY_FILE = "history.csv"
 FIGURES_DIR = "figures"
 
 DATASETS = ("dsprites", "digits", "mnist", "fashion-mnist", "spiral")
-MODELS = ("ae", "vae", "beta-vae")
+MODELS = ("ae", "vae", "beta-vae", "beta-tcvae")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "softplus")
 _DEFAULT_LR = {"adam": 1e-3, "adagrad": 1e-2, "sgd": 1e-2}
@@ -61,7 +61,12 @@ RECIPES = {
                    optimizer="adam", lr=1e-3, kl_warmup=0, activation="relu"),
 }
 #: options every data set shares; None means "not used" (capacity: the plain beta-VAE loss)
-COMMON_DEFAULTS = dict(capacity=None, capacity_steps=None, gamma=None, seed=0)
+COMMON_DEFAULTS = dict(capacity=None, capacity_steps=None, gamma=None, alpha=None,
+                       estimator=None, seed=0)
+#: beta-TCVAE: the weights of index-code MI (alpha), total correlation (beta) and
+#: dimension-wise KL (gamma), and the estimator of log q(z), when not given
+TCVAE_DEFAULTS = dict(alpha=1.0, beta=6.0, gamma=1.0, estimator="mss")
+ESTIMATORS = ("mss", "mws", "mss-columns")
 #: the spiral is continuous 3-D data: Gaussian decoder with this fixed noise scale
 SPIRAL_NOISE = 0.01
 SPIRAL_OBS_STD = 0.05
@@ -107,9 +112,18 @@ def resolve_config(options: dict) -> dict:
         config["steps"] = None
     if "steps" in given:
         config["epochs"] = None
+    if config["model"] != "beta-tcvae":
+        for key in ("alpha", "estimator"):
+            refuse(key, "only the beta-TCVAE has this weight (use --model beta-tcvae)")
     if config["model"] == "ae":
         for key in ("beta", "kl_warmup", "capacity", "capacity_steps", "gamma"):
             refuse(key, "the deterministic autoencoder (--model ae) has no KL term")
+    elif config["model"] == "beta-tcvae":
+        for key in ("capacity", "capacity_steps"):
+            refuse(key, "only the beta-VAE has a capacity objective (use --model beta-vae)")
+        same_model = config["model"] == recipe["model"]
+        for key, default in TCVAE_DEFAULTS.items():
+            config[key] = given.get(key, recipe.get(key, default) if same_model else default)
     else:
         # the recipe's beta belongs to the recipe's model; otherwise the model's own default
         model_beta = 1.0 if config["model"] == "vae" else 4.0
@@ -123,6 +137,9 @@ def resolve_config(options: dict) -> dict:
                 refuse(key, "only used with --capacity (the capacity objective)")
         else:
             config["gamma"] = given.get("gamma", 100.0)
+            if not config["gamma"] > 0:
+                raise UsageError("--gamma", f"the capacity objective needs a weight > 0, got "
+                                            f"{config['gamma']:g}")
             if config["capacity_steps"] is None:
                 config["capacity_steps"] = config["steps"] or 10_000
     if dataset != "dsprites":
@@ -142,7 +159,10 @@ def describe(config: dict) -> str:
     data = config["dataset"] + (f" {config['resolution']}x{config['resolution']}"
                                 if config.get("resolution") else "")
     model = config["model"]
-    if config.get("beta") is not None:
+    if config["model"] == "beta-tcvae":
+        model += (f" (alpha={config['alpha']:g}, beta={config['beta']:g}, "
+                  f"gamma={config['gamma']:g}, {config['estimator']})")
+    elif config.get("beta") is not None:
         model += f" (beta={config['beta']:g}"
         model += f", capacity {config['capacity']:g} nats)" if config.get("capacity") else ")"
     length = (f"{config['steps']} steps" if config["steps"] is not None
@@ -248,6 +268,10 @@ def build_model(config: dict, input_dim: int):
         return tv.Autoencoder(**common)
     if config["model"] == "vae":
         return tv.VAE(beta=config["beta"], **common)
+    if config["model"] == "beta-tcvae":
+        return tv.BetaTCVAE(alpha=config["alpha"], beta=config["beta"], gamma=config["gamma"],
+                            dataset_size=config["n_train"], estimator=config["estimator"],
+                            **common)
     extra = {}
     if config["capacity"] is not None:
         extra = dict(capacity_max=config["capacity"], capacity_steps=config["capacity_steps"],
