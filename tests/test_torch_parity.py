@@ -45,7 +45,9 @@ def torch_loss(model, x, eps):
         var = model.obs_std**2
         recon = (((out - x) ** 2) / (2 * var)).sum() / x.shape[0] + x.shape[1] * (
             0.5 * np.log(2 * np.pi) + np.log(model.obs_std))
-    if isinstance(model, tv.BetaVAE) and model.capacity_max is not None:
+    if isinstance(model, tv.BetaTCVAE):
+        loss = recon + torch_tc_penalty(model, z, mu, logvar)
+    elif isinstance(model, tv.BetaVAE) and model.capacity_max is not None:
         loss = recon + model.gamma * (kl - model.capacity()).abs()
     else:
         loss = recon + getattr(model, "beta", 0.0) * kl
@@ -53,7 +55,36 @@ def torch_loss(model, x, eps):
     return float(loss.detach()), {k: t.grad.numpy() for k, t in p.items()}
 
 
+def stratified_weights(B, N, estimator):
+    """Importance weights written from Chen et al. 2018, appendix C.2, one entry at a time."""
+    if estimator == "mws" or B == 1:
+        return torch.full((B, B), 1.0 / (N * B), dtype=torch.float64)
+    M = B - 1
+    w = torch.full((B, B), 1.0 / M, dtype=torch.float64)
+    for i in range(B):
+        w[i, i] = 1.0 / N
+        w[i, (i + 1) % B] = (N - M) / (N * M)
+    return w
+
+
+def torch_tc_penalty(model, z, mu, logvar):
+    """alpha MI + beta TC + gamma dimension-wise KL, from the (B, B, d) log densities."""
+    B = z.shape[0]
+    log_q = -0.5 * (np.log(2 * np.pi) + logvar[None] + (z[:, None] - mu[None]) ** 2
+                    * torch.exp(-logvar[None]))                     # [i, j, k] = log q(z_ik|x_j)
+    log_w = torch.log(stratified_weights(B, model.dataset_size, model.estimator))
+    log_qz_x = torch.diagonal(log_q.sum(dim=2))
+    log_qz = torch.logsumexp(log_w + log_q.sum(dim=2), dim=1)
+    log_qz_marginals = torch.logsumexp(log_w[:, :, None] + log_q, dim=1).sum(dim=1)
+    log_pz = (-0.5 * (np.log(2 * np.pi) + z**2)).sum(dim=1)
+    w = model.penalty_weight()
+    return w * (model.alpha * (log_qz_x - log_qz) + model.beta * (log_qz - log_qz_marginals)
+                + model.gamma * (log_qz_marginals - log_pz)).mean()
+
+
 @pytest.mark.parametrize(("cls", "kwargs"), [
+    (tv.BetaTCVAE, {"alpha": 0.7, "beta": 6.0, "gamma": 1.3, "dataset_size": 50}),
+    (tv.BetaTCVAE, {"estimator": "mws", "dataset_size": 50, "activation": "leaky_relu"}),
     (tv.Autoencoder, {}),
     (tv.VAE, {}),
     (tv.VAE, {"likelihood": "gaussian", "obs_std": 0.5, "activation": "softplus"}),

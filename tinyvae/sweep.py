@@ -73,7 +73,7 @@ def run_sweep(config: dict, seeds, root, jobs: int = 2, threads: int = 1) -> lis
     tasks = [delayed(train_and_report)({**config, "seed": s}, str(root / f"seed{s}"), threads)
              for s in seeds]
     reports = Parallel(n_jobs=jobs)(tasks)
-    rows = [table_row(s, rep) for s, rep in zip(seeds, reports)]
+    rows = [table_row(s, rep) for s, rep in zip(seeds, reports, strict=True)]
     write_tables(root, rows, runs.describe({**config, "seed": seeds[0]}))
     return rows
 
