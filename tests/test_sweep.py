@@ -109,3 +109,14 @@ def test_shape_fidelity_perfect_and_blob():
     assert set(perfect["per_shape"]) == {"square", "ellipse", "heart"}
     empty = metrics.shape_fidelity(_Oracle(ds.input_dim, np.zeros(ds.input_dim)), ds, n=300)
     assert empty["shape_kept"] == 0.0        # all IoUs 0: ties are misses
+
+
+def test_factor_labels_name_each_factors_top_latent():
+    from tinyvae import report
+
+    rep = {"mutual_info": [[2.0, 0.0, 0.01], [0.1, 0.05, 0.02], [0.0, 0.3, 0.0]],
+           "factor_entropy": [3.0, 1.0, 1.0], "factor_names": ["pos_x", "scale", "shape"]}
+    assert report.factor_labels(rep) == {0: "pos_x", 2: "scale"}     # shape: 2% is no label
+    rep["mutual_info"][2][0] = 2.5
+    assert report.factor_labels(rep) == {2: "pos_x+scale"}
+    assert report.factor_labels({}) == {}

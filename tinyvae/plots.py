@@ -249,19 +249,23 @@ def _traversal_images(model, image_shape, base, order, values):
     return _as_images(flat, image_shape).reshape(len(order), len(values), *image_shape)
 
 
-def _row_label(j, kl):
-    return f"z{j}" if kl is None else f"z{j}  KL {kl[j]:.2f}"
+def _row_label(j, kl, labels=None):
+    """'z3', 'z3  KL 1.20', or with a factor label 'z3 pos_x  KL 1.20'."""
+    name = f"z{j}" + (f" {labels[j]}" if labels and labels.get(j) else "")
+    return name if kl is None else f"{name}  KL {kl[j]:.2f}"
 
 
 def latent_traversal(model, image_shape, x=None, X=None, kl=None, span: float = 3.0,
-                     n_steps: int = 9, max_latents: int | None = None, path=None) -> Figure:
+                     n_steps: int = 9, max_latents: int | None = None, path=None,
+                     labels=None) -> Figure:
     """One row per latent j: decode the base code with z_j set to -span .. span.
 
     Base code: E[z|x] for the input x (input_dim,), or the prior mean 0 if x is None.
     Rows are ordered by KL per latent, largest first, and labelled with it in nats:
     pass ``kl`` (latent_dim,), or data ``X`` to compute it (x alone is used if
     X is None). With neither, or for an Autoencoder, rows go in index order.
-    max_latents keeps only the top rows.
+    max_latents keeps only the top rows. labels: {latent index: text} added to
+    the row labels, e.g. the factor each latent carries ({3: "pos_x"}).
     """
     image_shape = _check_image_shape(image_shape, model.input_dim)
     n_steps = metrics._check_positive_int(n_steps, "n_steps", minimum=2)
@@ -273,7 +277,7 @@ def latent_traversal(model, image_shape, x=None, X=None, kl=None, span: float = 
     title = "latent traversal" + (", rows by KL (nats)" if kl is not None else "")
     fig, ax, rows, cols = _mosaic_figure(images.reshape(-1, *image_shape), n_steps, title,
                                          extra_width=1.3)
-    ax.set_yticks(rows, [_row_label(j, kl) for j in order])
+    ax.set_yticks(rows, [_row_label(j, kl, labels) for j in order])
     ax.set_xticks(cols, [f"{v:+.1f}" for v in values])
     ax.tick_params(length=0)
     return _finish(fig, path)

@@ -229,9 +229,29 @@ def traversal_base(data: RunData):
     return data.X_eval[0]
 
 
+#: a latent's row in the traversal names a factor when it holds this share of its entropy
+FACTOR_LABEL_SHARE = 0.15
+
+
+def factor_labels(report: dict) -> dict:
+    """{latent: "pos_x"} for the top latent of each factor holding >= FACTOR_LABEL_SHARE
+    of the factor's entropy (I(z_j; v_f) / H(v_f)); several factors join with '+'."""
+    if report.get("mutual_info") is None:
+        return {}
+    mi, entropy = np.asarray(report["mutual_info"]), np.asarray(report["factor_entropy"])
+    labels = {}
+    for f, name in enumerate(report["factor_names"]):
+        j = int(np.argmax(mi[:, f]))
+        if entropy[f] > 0 and mi[j, f] / entropy[f] >= FACTOR_LABEL_SHARE:
+            labels[j] = f"{labels[j]}+{name}" if j in labels else name
+    return labels
+
+
 def write_traversals(model, data: RunData, folder, kl=None, span=3.0, n_steps=9, x=None,
-                     n_frames=25):
-    """traversal.png and traversal.gif in folder/figures. Returns the file names."""
+                     n_frames=25, labels=None):
+    """traversal.png and traversal.gif in folder/figures. Returns the file names.
+
+    labels: {latent: factor name} for the rows of the PNG (see factor_labels)."""
     from tinyvae import plots
 
     if data.image_shape is None:
@@ -241,7 +261,7 @@ def write_traversals(model, data: RunData, folder, kl=None, span=3.0, n_steps=9,
     x = traversal_base(data) if x is None else x
     # a 3-D spiral has no images; image data get the classic grid and its animation
     plots.latent_traversal(model, data.image_shape, x=x, X=data.X_eval[:2000], kl=kl, span=span,
-                           n_steps=n_steps, path=figures / "traversal.png")
+                           n_steps=n_steps, path=figures / "traversal.png", labels=labels)
     plots.traversal_gif(model, data.image_shape, figures / "traversal.gif", x=x,
                         X=data.X_eval[:2000], kl=kl, span=span, n_frames=n_frames)
     return ["traversal.png", "traversal.gif"]
@@ -262,7 +282,8 @@ def write_figures(model, data: RunData, folder, report: dict, progress: bool = T
     jobs = []
     if data.image_shape is not None:
         jobs += [("traversals", lambda: write_traversals(model, data, folder, kl=kl,
-                                                              n_frames=8 if quick else 25)),
+                                                              n_frames=8 if quick else 25,
+                                                              labels=factor_labels(report))),
                  ("reconstructions.png", lambda: plots.reconstructions(
                      model, data.X_eval, data.image_shape, n=16, path=figures / "reconstructions.png"))]
         if _is_vae(model):
