@@ -57,6 +57,7 @@ def tc_forward_rows(z, muT, ivT, cT, lw, joint, marginal, terms, lo, hi):
                 L = cT[k, j] - half * diff * diff * ivT[k, j]
                 row[j] += L
                 a[j] = lw[i, j] + L
+            for j in range(B):      # its own loop: a max reduction would keep the one above scalar
                 peak = max(peak, a[j])
             total = scalar_like(z, 0)
             for j in range(B):
@@ -118,17 +119,22 @@ def tc_posterior_columns(z, muT, ivT, joint, marginal, g_own, g_joint, g_margina
         for j in range(lo, hi):
             dmuT[k, j] = 0
             dlogvarT[k, j] = 0
+    one = scalar_like(z, 1)
+    n = hi - lo
     for i in range(B):
         gj, gm = g_joint[i], g_marginal[i]
+        weights = joint[i, lo:hi]
         for k in range(d):
-            zik = z[i, k]
-            a = marginal[i, k]
-            for j in range(lo, hi):
-                G = gj * joint[i, j] + gm * a[j]
-                diff = zik - muT[k, j]
-                D = diff * ivT[k, j]
-                dmuT[k, j] += G * D
-                dlogvarT[k, j] += G * half * (diff * D - scalar_like(z, 1))
+            # views of the columns lo..hi, indexed from 0: with range(lo, hi) the index
+            # could be negative as far as the compiler knows, and the loop stays scalar
+            zik, a, m, iv = z[i, k], marginal[i, k, lo:hi], muT[k, lo:hi], ivT[k, lo:hi]
+            dm, dl = dmuT[k, lo:hi], dlogvarT[k, lo:hi]
+            for j in range(n):
+                G = gj * weights[j] + gm * a[j]
+                diff = zik - m[j]
+                D = diff * iv[j]
+                dm[j] += G * D
+                dl[j] += G * half * (diff * D - one)
     for j in range(lo, hi):
         for k in range(d):
             diff = z[j, k] - muT[k, j]
