@@ -18,7 +18,7 @@ import numpy as np
 from numba import prange
 
 from tinyvae import datasets as D
-from tinyvae._numba import njit_parallel
+from tinyvae._backend.numba_flags import njit_parallel
 
 
 def load_frames(path):

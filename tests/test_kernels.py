@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinyvae import _threads
 from tinyvae import kernels as K
-from tinyvae._numba import njit as njit_kernel
+from tinyvae._backend import threads as _threads
+from tinyvae._backend.numba_flags import njit as njit_kernel
 
 DTYPES = (np.float32, np.float64)
 #: relative error allowed against the scale of the computation

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from numba import prange
 
-from tinyvae._numba import njit, njit_parallel
+from tinyvae._backend.numba_flags import njit, njit_parallel
 from tinyvae.io import atomic_path
 
 __all__ = [

@@ -4,7 +4,7 @@ Every public function here has two implementations with the same signature:
 
 * a plain NumPy reference in this file (``_np_<name>``), short enough to read
   as the definition of what the kernel computes, and
-* a Numba kernel in :mod:`tinyvae._nb_kernels` (packed, register-tiled GEMM;
+* a Numba kernel in :mod:`tinyvae._backend.nb_kernels` (packed, register-tiled GEMM;
   single-pass fused elementwise loops).
 
 ``set_backend("numba")`` (the default) or ``set_backend("numpy")`` picks one for
@@ -73,7 +73,7 @@ class use_backend:
 def _nb():
     # Imported on first use so `import tinyvae` never pays for Numba compilation.
     if _state["nb"] is None:
-        _state["nb"] = importlib.import_module("tinyvae._nb_kernels")
+        _state["nb"] = importlib.import_module("tinyvae._backend.nb_kernels")
     return _state["nb"]
 
 
