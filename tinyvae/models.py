@@ -18,59 +18,13 @@ step's cache, and walks the caches back in reverse. The VAE objective per batch:
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
-
 import numpy as np
 
-from tinyvae import kernels, layers
+from tinyvae import _checks, io, kernels, layers, training
 from tinyvae.losses import LOG_2PI
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus", "identity")
-
-
-# ---------------------------------------------------------------------------
-# input validation (messages name the argument, what was expected, what came)
-# ---------------------------------------------------------------------------
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
-def _as_batch(name, x, width, dtype, unit_interval=False):
-    """Validate a (n, width) float batch and return it as a contiguous `dtype` array."""
-    if isinstance(x, (list, tuple)):
-        x = np.asarray(x)
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
-    if x.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array of shape (n, {width}), got shape {x.shape}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name}: expected at least one row, got an empty array {x.shape}")
-    if x.shape[1] != width:
-        raise ValueError(f"{name}: expected {width} columns, got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        hint = " (for images stored as 0..255 integers, divide by 255)" if np.issubdtype(
-            x.dtype, np.integer) else ""
-        raise TypeError(f"{name}: expected a float array, got dtype {x.dtype}{hint}")
-    x = np.ascontiguousarray(x, dtype=dtype)
-    finite = np.isfinite(x)
-    if not finite.all():
-        row = int(np.argwhere(~finite)[0, 0])
-        raise ValueError(f"{name}: expected finite values, got NaN or inf (first in row {row})")
-    if unit_interval:
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0 or hi > 1:
-            raise ValueError(
-                f"{name}: expected values in [0, 1] for a Bernoulli decoder, got range "
-                f"[{lo:.4g}, {hi:.4g}] (rescale the data, or use likelihood='gaussian')"
-            )
-    return x
 
 
 def _init_weight(rng, fan_in, fan_out, activation):
@@ -92,11 +46,11 @@ class _BaseModel:
 
     def __init__(self, input_dim, hidden=(400,), latent_dim=20, likelihood="bernoulli",
                  activation="relu", dtype=np.float32, seed=0, obs_std=0.1, alpha=0.01):
-        self.input_dim = _positive_int("input_dim", input_dim)
+        self.input_dim = _checks.positive_int("input_dim", input_dim)
         if isinstance(hidden, (int, np.integer)):
             hidden = (hidden,)
-        self.hidden = tuple(_positive_int("hidden", h) for h in hidden)
-        self.latent_dim = _positive_int("latent_dim", latent_dim)
+        self.hidden = tuple(_checks.positive_int("hidden", h) for h in hidden)
+        self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood: expected one of {LIKELIHOODS}, got {likelihood!r}")
         self.likelihood = likelihood
@@ -226,7 +180,7 @@ class _BaseModel:
     def reconstruction_nll(self, x, z):
         """-log p(x | z) summed over features, per row.   x (n, D), z (n, latent) -> (n,)"""
         x = self._check_x(x)
-        z = _as_batch("z", z, self.latent_dim, self.dtype)
+        z = _checks.as_batch("z", z, self.latent_dim, self.dtype)
         out, _ = self._decoder_forward(z)
         return self._reconstruction(out, x, 1.0)[0]
 
@@ -235,11 +189,11 @@ class _BaseModel:
 
         Bernoulli: the pixel probabilities sigmoid(logits); Gaussian: the mean.
         """
-        z = _as_batch("z", z, self.latent_dim, self.dtype)
+        z = _checks.as_batch("z", z, self.latent_dim, self.dtype)
         return self._mean_from_output(self._decoder_forward(z)[0])
 
     def _check_x(self, x, name="x"):
-        return _as_batch(name, x, self.input_dim, self.dtype,
+        return _checks.as_batch(name, x, self.input_dim, self.dtype,
                          unit_interval=self.likelihood == "bernoulli")
 
     # -- the objective ---------------------------------------------------------------
@@ -256,12 +210,12 @@ class _BaseModel:
                  ``self.last_loss_parts_``.
         """
         bernoulli = self.likelihood == "bernoulli"
-        x = _as_batch("x", x, self.input_dim, self.dtype, unit_interval=bernoulli and target is None)
+        x = _checks.as_batch("x", x, self.input_dim, self.dtype, unit_interval=bernoulli and target is None)
         target = x if target is None else self._check_x(target, "target")
         if target.shape != x.shape:
             raise ValueError(f"target: expected shape {x.shape} like x, got {target.shape}")
         if self.latent_noise and eps is not None:
-            eps = _as_batch("eps", eps, self.latent_dim, self.dtype)
+            eps = _checks.as_batch("eps", eps, self.latent_dim, self.dtype)
             if eps.shape[0] != x.shape[0]:
                 raise ValueError(f"eps: expected {x.shape[0]} rows like x, got shape {eps.shape}")
         return self._loss(x, target, eps, compute_grads)
@@ -289,17 +243,13 @@ class _BaseModel:
         current step, records the position, and raises KeyboardInterrupt, so a
         checkpoint saved then resumes exactly.
         """
-        from tinyvae.training import train
-
-        return train(self, X, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+        return training.train(self, X, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                      seed=seed, progress=progress, kl_warmup_steps=kl_warmup_steps,
                      corrupt=corrupt, resume=resume, log_every=log_every, callback=callback)
 
     def save(self, path):
         """Write parameters, config and training state to ``path`` (.npz, atomic, no pickle)."""
-        from tinyvae.io import save
-
-        save(self, path)
+        return io.save(self, path)
 
 
 def _empty_history():
@@ -421,7 +371,7 @@ class VAE(_BaseModel):
 
     def sample(self, n, rng=None):
         """Decoder means for n latents drawn from the prior N(0, I) -> (n, input_dim)."""
-        n = _positive_int("n", n)
+        n = _checks.positive_int("n", n)
         rng = np.random.default_rng(rng)
         return self.decode(rng.standard_normal((n, self.latent_dim)).astype(self.dtype))
 
@@ -492,7 +442,7 @@ class BetaVAE(VAE):
             if not (isinstance(capacity_max, (int, float)) and capacity_max >= 0):
                 raise ValueError(f"capacity_max: expected a number >= 0 (nats), got {capacity_max!r}")
             self.capacity_max = float(capacity_max)
-        self.capacity_steps = _positive_int("capacity_steps", capacity_steps)
+        self.capacity_steps = _checks.positive_int("capacity_steps", capacity_steps)
         if not (isinstance(gamma, (int, float)) and gamma > 0):
             raise ValueError(f"gamma: expected a positive number, got {gamma!r}")
         self.gamma = float(gamma)
@@ -505,28 +455,13 @@ class BetaVAE(VAE):
 MODELS = {"Autoencoder": Autoencoder, "VAE": VAE, "BetaVAE": BetaVAE}
 
 
-@contextlib.contextmanager
-def deferred_interrupt():
-    """Turn Ctrl-C into a flag checked between steps, so a step is never half-applied.
+def load(path):
+    """Load a model saved by ``model.save`` / ``tv.save``, training state included.
 
-    Yields a dict whose "hit" entry becomes True on SIGINT. Outside the main
-    thread (where signal handlers cannot be set) the flag never changes.
+    Raises FileNotFoundError for a missing file and ValueError for a truncated,
+    corrupted, foreign or newer-format file, naming what is wrong.
     """
-    flag = {"hit": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag["hit"]:  # a second Ctrl-C means: stop now
-            raise KeyboardInterrupt
-        flag["hit"] = True
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return io.load(path, MODELS)
 
 
-__all__ = ["Autoencoder", "VAE", "BetaVAE", "MODELS"]
+__all__ = ["Autoencoder", "VAE", "BetaVAE", "MODELS", "load"]

@@ -9,11 +9,39 @@ and ends with bit-for-bit the same parameters as a run straight through.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+
 import numpy as np
 from tqdm import tqdm
 
-from tinyvae.models import _as_batch, _positive_int, deferred_interrupt
+from tinyvae import _checks
 from tinyvae.optim import Adam, Optimizer
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Turn Ctrl-C into a flag checked between steps, so a step is never half-applied.
+
+    Yields a dict whose "hit" entry becomes True on SIGINT. Outside the main
+    thread (where signal handlers cannot be set) the flag never changes.
+    """
+    flag = {"hit": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["hit"]:  # a second Ctrl-C means: stop now
+            raise KeyboardInterrupt
+        flag["hit"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _Accumulator:
@@ -89,10 +117,10 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
           kl_warmup_steps=0, corrupt=None, resume=False, log_every=None, callback=None):
     """Minibatch training; see :meth:`tinyvae.models._BaseModel.fit` for the arguments."""
     X = model._check_x(X, "X")
-    epochs = _positive_int("epochs", epochs)
-    batch_size = _positive_int("batch_size", batch_size)
+    epochs = _checks.positive_int("epochs", epochs)
+    batch_size = _checks.positive_int("batch_size", batch_size)
     if log_every is not None:
-        log_every = _positive_int("log_every", log_every)
+        log_every = _checks.positive_int("log_every", log_every)
     if kl_warmup_steps < 0:
         raise ValueError(f"kl_warmup_steps: expected >= 0, got {kl_warmup_steps!r}")
     if optimizer is not None and not isinstance(optimizer, Optimizer):
@@ -176,4 +204,4 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
 
 def _corrupted(corrupt, target, rng, model):
     noisy = corrupt(target.copy(), rng)
-    return _as_batch("corrupt(x, rng)", noisy, model.input_dim, model.dtype)
+    return _checks.as_batch("corrupt(x, rng)", noisy, model.input_dim, model.dtype)
