@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyvae import _checks, io, kernels, layers, training
-from tinyvae.losses import LOG_2PI
+from tinyvae import _checks, io, layers, losses, training
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus", "identity")
@@ -154,28 +153,23 @@ class _BaseModel:
     # -- likelihood --------------------------------------------------------------
 
     def _reconstruction(self, out, target, grad_scale):
-        """-log p(target | decoder output) per row and its gradient(s).
+        """-log p(target | decoder output) per row and its gradient(s), from losses.py.
 
-        Returns nll (n,), dout (n, D) = grad_scale * d nll_i / d out_i, extra grads dict.
+        Returns nll (n,), dout (n, D) = grad_scale * d nll_i / d out_i, and a dict of
+        extra gradients (the learned observation log-variance, if any).
         """
         if self.likelihood == "bernoulli":
-            nll, dout = kernels.bernoulli_nll_logits(out, target, grad_scale)
+            nll, dout = losses.bernoulli_nll_logits(out, target, grad_scale)
             return nll, dout, {}
-        diff = out - target
         if self.obs_std == "learned":
-            logvar = self.params["obs.logvar"]
-            inv_var = np.exp(-logvar)
-            sq = diff * diff * inv_var
-            nll = 0.5 * (LOG_2PI + logvar + sq).sum(axis=1)
-            dlogvar = (0.5 * grad_scale) * (1 - sq).sum(axis=0)
-            return nll, diff * (inv_var * grad_scale), {"obs.logvar": dlogvar.astype(self.dtype)}
-        var = self.obs_std**2
-        const = self.input_dim * (0.5 * LOG_2PI + np.log(self.obs_std))
-        nll = (diff * diff).sum(axis=1) / (2 * var) + const
-        return nll, diff * self.dtype.type(grad_scale / var), {}
+            nll, dout, dlogvar = losses.gaussian_nll_learned_rows(
+                out, self.params["obs.logvar"], target, grad_scale)
+            return nll, dout, {"obs.logvar": dlogvar.astype(self.dtype)}
+        nll, dout = losses.gaussian_nll_rows(out, target, self.obs_std, grad_scale)
+        return nll, dout, {}
 
     def _mean_from_output(self, out):
-        return kernels.sigmoid(out) if self.likelihood == "bernoulli" else out
+        return layers.sigmoid_forward(out)[0] if self.likelihood == "bernoulli" else out
 
     def reconstruction_nll(self, x, z):
         """-log p(x | z) summed over features, per row.   x (n, D), z (n, latent) -> (n,)"""
@@ -333,32 +327,27 @@ class VAE(_BaseModel):
     def get_config(self):
         return {**super().get_config(), "beta": self.beta}
 
-    def _encode_batch(self, x):
-        """x (n, input) -> mu, logvar (n, latent) (views into one array), caches.
+    # -- the pieces of the forward and backward pass a VAE-family objective reuses --
 
-        The two heads share their input h, so they run as one GEMM,
-        h @ [W_mu W_logvar] + [b_mu b_logvar]: one pass over h instead of two, and
-        40 output columns fill the register tiles better than 2 x 20. The
-        parameters stay separate arrays; the concatenated copy (hidden x 2 latent)
-        is rebuilt every call, so in-place optimizer updates are always seen.
+    def _encode_batch(self, x):
+        """x (n, input) -> mu, logvar (n, latent), encoder caches, head cache.
+
+        h = encoder(x);  mu = h @ W_mu + b_mu;  logvar = h @ W_logvar + b_logvar
+        (the two heads share one GEMM: layers.two_heads_forward).
         """
         h, caches = self._encoder_forward(x)
         p = self.params
-        W = np.concatenate((p["mu.W"], p["logvar.W"]), axis=1)
-        b = np.concatenate((p["mu.b"], p["logvar.b"]))
-        heads, head_cache = layers.dense_forward(h, W, b)
-        d = self.latent_dim
-        return heads[:, :d], heads[:, d:], caches, head_cache
+        mu, logvar, head_cache = layers.two_heads_forward(h, p["mu.W"], p["mu.b"],
+                                                          p["logvar.W"], p["logvar.b"])
+        return mu, logvar, caches, head_cache
 
-    def _heads_backward(self, dmu, dlogvar, head_cache, grads, need_dh):
-        """Backward of the merged heads: split dW and db back into the named parameters."""
-        dh, dW, db = layers.dense_backward(np.concatenate((dmu, dlogvar), axis=1), head_cache,
-                                           need_dh)
-        d = self.latent_dim
-        grads["mu.W"], grads["logvar.W"] = (np.ascontiguousarray(dW[:, :d]),
-                                            np.ascontiguousarray(dW[:, d:]))
-        grads["mu.b"], grads["logvar.b"] = db[:d].copy(), db[d:].copy()
-        return dh
+    def _encode_backward(self, dmu, dlogvar, enc_caches, head_cache, grads):
+        """Backward of _encode_batch: dmu, dlogvar (n, latent) -> grads of heads and encoder."""
+        need_dh = bool(enc_caches)  # with no hidden layer, h is the data
+        dh, grads["mu.W"], grads["mu.b"], grads["logvar.W"], grads["logvar.b"] = (
+            layers.two_heads_backward(dmu, dlogvar, head_cache, need_dh))
+        if need_dh:
+            self._encoder_backward(dh, enc_caches, grads)
 
     def encode(self, x):
         """Posterior parameters (mu, logvar), each (n, latent_dim), of x (n, input_dim)."""
@@ -399,17 +388,34 @@ class VAE(_BaseModel):
         return self.gamma * abs(kl - c), self.gamma * np.sign(kl - c) / n
 
     def _loss(self, x, target, eps, compute_grads):
+        """The objective on a batch and its gradient, as the derivation goes.
+
+        Forward (n rows; w = the KL weight beta, or the capacity term's slope):
+          1. mu, logvar = heads(encoder(x))                          _encode_batch
+          2. z = mu + sigma * eps,  sigma = exp(0.5 logvar)          losses.reparam_kl_forward
+             kl_ij = 0.5 (mu^2 + sigma^2 - 1 - logvar)              (the same fused call)
+          3. out = decoder(z)          logits (Bernoulli) or mean    _decoder_forward
+          4. loss = mean_i nll_i + w * mean_i sum_j kl_ij           _reconstruction, _kl_term
+        Backward, each line the reverse of the forward step with its number:
+          4. dout = (1/n) d nll_i / d out_i;   dkl_ij = w / n
+          3. dz = decoder backward of dout                           _decoder_backward
+          2. dmu = dz + dkl * mu                                     losses.reparam_kl_backward
+             dlogvar = 0.5 dz * eps * sigma + dkl * 0.5 (sigma^2 - 1)
+             (= reparameterize_backward + gaussian_kl_backward, the pairs above it)
+          1. dh = dmu @ W_mu.T + dlogvar @ W_logvar.T, then the
+             encoder backward of dh; every dW, db on the way          _encode_backward
+        """
         n = x.shape[0]
         mu, logvar, enc_caches, head_cache = self._encode_batch(x)
         if eps is None:
             eps = self._rng.standard_normal(mu.shape, dtype=self.dtype)
-        z, sigma, kl = kernels.reparam_kl_forward(mu, logvar, eps)
+        z, sigma, kl = losses.reparam_kl_forward(mu, logvar, eps)
         out, dec_caches = self._decoder_forward(z)
         nll, dout, extra = self._reconstruction(out, target, 1.0 / n)
         recon = float(nll.mean())
         kl_per_latent = kl.mean(axis=0)
         kl_total = float(kl_per_latent.sum())
-        kl_term, kl_scale = self._kl_term(kl_total, n)
+        kl_term, dkl = self._kl_term(kl_total, n)
         loss = recon + kl_term
         self.last_loss_parts_ = {"loss": loss, "recon": recon, "kl": kl_total,
                                  "kl_per_latent": kl_per_latent}
@@ -417,11 +423,8 @@ class VAE(_BaseModel):
             return loss, None
         grads = dict(extra)
         dz = self._decoder_backward(dout, dec_caches, grads)
-        dmu, dlogvar = kernels.reparam_kl_backward(dz, mu, eps, sigma, kl_scale)
-        need_dh = bool(enc_caches)
-        dh = self._heads_backward(dmu, dlogvar, head_cache, grads, need_dh)
-        if need_dh:
-            self._encoder_backward(dh, enc_caches, grads)
+        dmu, dlogvar = losses.reparam_kl_backward(dz, mu, eps, sigma, dkl)
+        self._encode_backward(dmu, dlogvar, enc_caches, head_cache, grads)
         return loss, {k: grads[k] for k in self.params}
 
 
