@@ -220,16 +220,20 @@ class _BaseModel:
     # -- training --------------------------------------------------------------------
 
     def fit(self, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=True,
-            kl_warmup_steps=0, corrupt=None, resume=False, log_every=None, callback=None):
+            kl_warmup_steps=0, corrupt=None, resume=False, log_every=None, callback=None,
+            steps=None):
         """Train with minibatch gradient descent. Returns self.
 
         Inputs:  X (n, input_dim) training data; epochs: total epochs of this run;
+                 steps: a step budget instead: train until this run has taken
+                 ``steps`` steps in all (then epochs is ignored; resume continues
+                 up to it; a log entry falls on the last step);
                  batch_size >= 1; optimizer (default Adam(lr=1e-3)); seed for the
                  shuffle and the noise; progress: tqdm bar; kl_warmup_steps: raise
                  the KL weight linearly from 0 over this many steps (VAE);
                  corrupt(x, rng) -> noisy x to train a denoising model (the target
                  stays the clean x); resume: continue the run held in
-                 ``self.train_state_`` (e.g. from ``tv.load``) up to ``epochs``;
+                 ``self.train_state_`` (e.g. from ``tv.load``) up to ``epochs`` / ``steps``;
                  log_every: also log every that many steps (default: once an epoch);
                  callback(model, entry) after each log entry.
         A NaN or inf loss or gradient stops training with FloatingPointError and
@@ -239,7 +243,8 @@ class _BaseModel:
         """
         return training.train(self, X, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                      seed=seed, progress=progress, kl_warmup_steps=kl_warmup_steps,
-                     corrupt=corrupt, resume=resume, log_every=log_every, callback=callback)
+                     corrupt=corrupt, resume=resume, log_every=log_every,
+                              callback=callback, steps=steps)
 
     def save(self, path):
         """Write parameters, config and training state to ``path`` (.npz, atomic, no pickle)."""

@@ -270,13 +270,8 @@ def total_steps(config: dict, n_train: int) -> int:
 
 
 def log_interval(steps: int, entries: int = 100) -> int:
-    """The largest divisor of ``steps`` giving at least ``entries`` log entries.
-
-    A divisor, so that the last log entry falls exactly on the last step, which is
-    where the run stops (fit has no step limit of its own).
-    """
-    limit = max(1, steps // entries)
-    return max(k for k in range(1, limit + 1) if steps % k == 0)
+    """Steps between log entries for at least ``entries`` of them (fit also logs the last step)."""
+    return max(1, steps // entries)
 
 
 # ---------------------------------------------------------------------------------------
@@ -394,15 +389,15 @@ def write_history(folder: Path, history: dict, latent_dim: int) -> Path:
 # ---------------------------------------------------------------------------------------
 
 
-class _StepLimit(Exception):
-    """Raised from fit's callback at the last step: fit has no step limit of its own."""
-
-
 def stop_at(steps: int):
-    """fit's callback: end training once the model has taken ``steps`` steps."""
+    """The callback train_run gives fit for a run of ``steps`` steps (the tests wrap it).
+
+    fit(steps=...) stops the run itself; this checks, at every log entry, that no step
+    went past the budget, which a resumed run with a wrong position would do.
+    """
     def callback(model, entry):
-        if model.step_ >= steps:
-            raise _StepLimit
+        if model.step_ > steps:
+            raise RunError(f"training went past its budget: step {model.step_} of {steps}")
 
     return callback
 
@@ -428,7 +423,6 @@ def train_run(folder: Path, config: dict, resume: bool, progress: bool = True,
     folder = Path(folder)
     data = load_data(config)
     steps = total_steps(config, len(data.X))
-    epochs = math.ceil(steps / math.ceil(len(data.X) / config["batch_size"]))
     if resume:
         model = load_model(folder)
         if model.step_ >= steps:
@@ -443,7 +437,7 @@ def train_run(folder: Path, config: dict, resume: bool, progress: bool = True,
     # a process killed outright (no Ctrl-C) leaves "running" behind: its last checkpoint stands
     write_status(folder, **{**previous, "state": "running"})
 
-    fit_args = dict(epochs=epochs, progress=progress, log_every=log_interval(steps),
+    fit_args = dict(steps=steps, progress=progress, log_every=log_interval(steps),
                     callback=stop_at(steps))
     if not resume:
         fit_args.update(batch_size=config["batch_size"], optimizer=build_optimizer(config),
@@ -451,8 +445,6 @@ def train_run(folder: Path, config: dict, resume: bool, progress: bool = True,
     state = "finished"
     try:
         model.fit(data.X, resume=resume, **fit_args)
-    except _StepLimit:
-        pass
     except KeyboardInterrupt:
         state = "interrupted"
     seconds = previous.get("train_seconds", 0.0) + time.perf_counter() - start

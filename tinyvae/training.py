@@ -104,9 +104,10 @@ class _FiniteCheck:
         return bool(np.isfinite(np.dot(flat, zeros)))
 
 
-def _start_state(seed, epochs, batch_size, kl_warmup_steps):
+def _start_state(seed, epochs, batch_size, kl_warmup_steps, start_step):
     return {
         "seed": int(seed), "epochs": int(epochs), "batch_size": int(batch_size),
+        "start_step": int(start_step),
         "kl_warmup_steps": int(kl_warmup_steps), "epoch": 0, "batch": 0,
         "rng": np.random.default_rng(seed).bit_generator.state,
         "accumulator": None,
@@ -114,10 +115,13 @@ def _start_state(seed, epochs, batch_size, kl_warmup_steps):
 
 
 def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=True,
-          kl_warmup_steps=0, corrupt=None, resume=False, log_every=None, callback=None):
+          kl_warmup_steps=0, corrupt=None, resume=False, log_every=None, callback=None,
+          steps=None):
     """Minibatch training; see :meth:`tinyvae.models._BaseModel.fit` for the arguments."""
     X = model._check_x(X, "X")
     epochs = _checks.positive_int("epochs", epochs)
+    if steps is not None:
+        steps = _checks.positive_int("steps", steps)
     batch_size = _checks.positive_int("batch_size", batch_size)
     if log_every is not None:
         log_every = _checks.positive_int("log_every", log_every)
@@ -135,7 +139,7 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
         opt = model.optimizer_
         batch_size = state["batch_size"]
     else:
-        state = _start_state(seed, epochs, batch_size, kl_warmup_steps)
+        state = _start_state(seed, epochs, batch_size, kl_warmup_steps, model.step_)
         opt = optimizer if optimizer is not None else Adam(lr=1e-3)
         model.optimizer_ = opt
         model.train_state_ = state
@@ -148,7 +152,11 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
     rng.bit_generator.state = state["rng"]
     acc = _Accumulator(model.latent_dim, state["accumulator"])
     all_finite = _FiniteCheck()
-    remaining = max(0, (epochs - state["epoch"]) * n_batches - state["batch"])
+    # the step at which this run stops: its step budget, or the end of its last epoch
+    start_step = state.get("start_step", 0)  # checkpoints from before fit had steps=: 0
+    last_step = (start_step + steps if steps is not None
+                 else model.step_ + (epochs - state["epoch"]) * n_batches - state["batch"])
+    remaining = max(0, last_step - model.step_)
     bar = tqdm(total=remaining, disable=not progress, desc=type(model).__name__, leave=False)
 
     def log(epoch):
@@ -161,10 +169,10 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
 
     try:
         with deferred_interrupt() as interrupt:
-            while state["epoch"] < epochs:
+            while model.step_ < last_step:
                 epoch = state["epoch"]
                 order = np.random.default_rng([state["seed"], epoch]).permutation(n)
-                while state["batch"] < n_batches:
+                while state["batch"] < n_batches and model.step_ < last_step:
                     b = state["batch"]
                     target = X[order[b * batch_size:(b + 1) * batch_size]]
                     inputs = target if corrupt is None else _corrupted(corrupt, target, rng, model)
@@ -188,13 +196,18 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
                     bar.update(1)
                     if model.step_ % 20 == 0:
                         bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
-                    if log_every is not None and model.step_ % log_every == 0:
+                    at_budget = steps is not None and model.step_ == last_step
+                    if log_every is not None and (model.step_ % log_every == 0 or at_budget):
                         log(epoch + (b + 1) / n_batches)
                     if interrupt["hit"]:
                         raise KeyboardInterrupt
+                if state["batch"] < n_batches:
+                    break  # the step budget ran out inside the epoch: it resumes here
                 state["epoch"], state["batch"] = epoch + 1, 0
                 if log_every is None:
                     log(epoch + 1)
+            if log_every is None and acc.count:  # the steps since the last epoch's end
+                log(state["epoch"] + state["batch"] / n_batches)
     finally:
         bar.close()
         state["rng"] = rng.bit_generator.state
