@@ -32,10 +32,9 @@ import os
 
 import numpy as np
 
+from tinyvae._backend.activations import ACTIVATION_CODES, ACTIVATIONS
+
 BACKENDS = ("numba", "numpy")
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus")
-#: integer codes the Numba kernels branch on (strings are slow in nopython loops)
-ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 
 def _default_backend() -> str:
     name = os.environ.get("TINYVAE_BACKEND", "numba")

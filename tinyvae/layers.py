@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinyvae import kernels
+from tinyvae.kernels import ACTIVATIONS  # the names every layer and kernel accepts
 
 # ---------------------------------------------------------------------- linear
 
@@ -185,5 +186,5 @@ __all__ = [
     "leaky_relu_forward", "leaky_relu_backward", "tanh_forward", "tanh_backward",
     "sigmoid_forward", "sigmoid_backward", "softplus_forward", "softplus_backward",
     "dense_forward", "dense_backward", "two_heads_forward", "two_heads_backward",
-    "ACTIVATION_LAYERS",
+    "ACTIVATION_LAYERS", "ACTIVATIONS",
 ]

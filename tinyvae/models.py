@@ -23,7 +23,6 @@ import numpy as np
 from tinyvae import _checks, io, layers, losses, training
 
 LIKELIHOODS = ("bernoulli", "gaussian")
-HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus", "identity")
 
 
 def _init_weight(rng, fan_in, fan_out, activation):
@@ -42,6 +41,8 @@ class _BaseModel:
 
     #: True when the loss takes reparameterization noise eps (the VAE family)
     latent_noise = False
+    #: the model's name on the command line (tinyvae train --model NAME)
+    short_name = None
 
     def __init__(self, input_dim, hidden=(400,), latent_dim=20, likelihood="bernoulli",
                  activation="relu", dtype=np.float32, seed=0, obs_std=0.1, alpha=0.01):
@@ -50,12 +51,8 @@ class _BaseModel:
             hidden = (hidden,)
         self.hidden = tuple(_checks.positive_int("hidden", h) for h in hidden)
         self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood: expected one of {LIKELIHOODS}, got {likelihood!r}")
-        self.likelihood = likelihood
-        if activation not in HIDDEN_ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {HIDDEN_ACTIVATIONS}, got {activation!r}")
-        self.activation = activation
+        self.likelihood = _checks.one_of("likelihood", likelihood, LIKELIHOODS)
+        self.activation = _checks.one_of("activation", activation, layers.ACTIVATIONS)
         if not 0 < alpha < 1:
             raise ValueError(f"alpha: expected 0 < alpha < 1, got {alpha!r}")
         self.alpha = float(alpha)
@@ -264,6 +261,8 @@ class Autoencoder(_BaseModel):
     cross-entropy; Gaussian: squared error / 2 obs_std^2 + const).
     """
 
+    short_name = "ae"
+
     def __init__(self, input_dim, hidden=(400,), latent_dim=20, likelihood="bernoulli",
                  activation="relu", dtype=np.float32, seed=0, obs_std=0.1, alpha=0.01):
         super().__init__(input_dim, hidden, latent_dim, likelihood, activation, dtype, seed,
@@ -312,6 +311,7 @@ class VAE(_BaseModel):
     """
 
     latent_noise = True
+    short_name = "vae"
 
     def __init__(self, input_dim, hidden=(400,), latent_dim=20, likelihood="bernoulli",
                  beta=1.0, activation="relu", dtype=np.float32, seed=0, obs_std=0.1,
@@ -441,6 +441,8 @@ class BetaVAE(VAE):
     capacity_max over ``capacity_steps`` training steps.
     """
 
+    short_name = "beta-vae"
+
     def __init__(self, input_dim, hidden=(400,), latent_dim=10, likelihood="bernoulli",
                  beta=4.0, activation="relu", dtype=np.float32, seed=0, obs_std=0.1,
                  alpha=0.01, capacity_max=None, capacity_steps=10000, gamma=100.0):
@@ -460,6 +462,7 @@ class BetaVAE(VAE):
                 "capacity_steps": self.capacity_steps, "gamma": self.gamma}
 
 
+#: every model class by class name: checkpoints (io.load) and the CLI (run.MODELS) read it
 MODELS = {"Autoencoder": Autoencoder, "VAE": VAE, "BetaVAE": BetaVAE}
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tinyvae import kernels, models, optim
 from tinyvae.io import atomic_path
 
 RUN_FORMAT = "tinyvae-run"
@@ -36,9 +37,13 @@ HISTORY_FILE = "history.csv"
 FIGURES_DIR = "figures"
 
 DATASETS = ("dsprites", "digits", "mnist", "fashion-mnist", "spiral")
-MODELS = ("ae", "vae", "beta-vae")
-OPTIMIZERS = ("adam", "adagrad", "sgd")
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "softplus")
+#: --model NAME -> model class, from the one table in models.py
+MODEL_CLASSES = {cls.short_name: cls for cls in models.MODELS.values()}
+MODELS = tuple(MODEL_CLASSES)
+OPTIMIZERS = tuple(optim.OPTIMIZERS)
+#: hidden activations the CLI offers: the kernels' table without identity (a linear
+#: network) and sigmoid (saturates as a hidden layer); the library takes every one
+ACTIVATIONS = tuple(a for a in kernels.ACTIVATIONS if a not in ("identity", "sigmoid"))
 _DEFAULT_LR = {"adam": 1e-3, "adagrad": 1e-2, "sgd": 1e-2}
 
 #: Per data set, the defaults of every training option. The dSprites entry is the
@@ -237,29 +242,27 @@ def load_data(config: dict, with_train: bool = True) -> RunData:
 
 def build_model(config: dict, input_dim: int):
     """A fresh model for the config (same seed, same initial parameters)."""
-    import tinyvae as tv
-
+    cls = MODEL_CLASSES[config["model"]]
     common = dict(input_dim=input_dim, hidden=tuple(config["hidden"]), latent_dim=config["latent"],
                   likelihood=config["likelihood"], activation=config["activation"],
                   seed=config["seed"])
     if config["likelihood"] == "gaussian":
         common["obs_std"] = SPIRAL_OBS_STD
-    if config["model"] == "ae":
-        return tv.Autoencoder(**common)
-    if config["model"] == "vae":
-        return tv.VAE(beta=config["beta"], **common)
-    extra = {}
-    if config["capacity"] is not None:
-        extra = dict(capacity_max=config["capacity"], capacity_steps=config["capacity_steps"],
-                     gamma=config["gamma"])
-    return tv.BetaVAE(beta=config["beta"], **common, **extra)
+    if cls is models.Autoencoder:
+        return cls(**common)
+    if cls is models.VAE:
+        return cls(beta=config["beta"], **common)
+    if cls is models.BetaVAE:
+        extra = {}
+        if config["capacity"] is not None:
+            extra = dict(capacity_max=config["capacity"], capacity_steps=config["capacity_steps"],
+                         gamma=config["gamma"])
+        return cls(beta=config["beta"], **common, **extra)
+    raise RunError(f"model: {config['model']!r} has no recipe in run.build_model yet")
 
 
 def build_optimizer(config: dict):
-    import tinyvae as tv
-
-    cls = {"adam": tv.Adam, "adagrad": tv.Adagrad, "sgd": tv.SGD}[config["optimizer"]]
-    return cls(lr=config["lr"])
+    return optim.OPTIMIZERS[config["optimizer"]](lr=config["lr"])
 
 
 def total_steps(config: dict, n_train: int) -> int:

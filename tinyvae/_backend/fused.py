@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import math
 
+from tinyvae._backend.activations import ACTIVATION_CODES
 from tinyvae._backend.numba_flags import njit
 from tinyvae._backend.simd import exp_nonpositive, lanes, log1p_unit, scalar_like, vload, vstore
 
-IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = range(6)
+IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = (
+    ACTIVATION_CODES[name]
+    for name in ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus"))
 #: the Bernoulli kernel splits rows over threads above this many elements (below
 #: it handing work to a thread costs more than it saves)
 PARALLEL_MIN_SIZE = 1 << 16
