@@ -1,6 +1,7 @@
 """Every formula of the objectives, once: forward/backward pairs with shapes and the maths.
 
-    bernoulli_nll_logits   -log p(x | logits) per row and its gradient     (Bernoulli decoder)
+    bernoulli_terms        -log p(x | logits) per element and its derivative (Bernoulli decoder)
+    bernoulli_nll_logits   the same summed per row, gradient scaled: what the models run
     gaussian_nll_rows      -log N(x | mean, s^2) per row, s fixed          (Gaussian decoder)
     gaussian_nll_learned_rows   the same with a learned log-variance
     gaussian_kl            KL(N(mu, sigma^2) || N(0, 1)) per example and dimension, + backward
@@ -30,30 +31,39 @@ LOG_2PI = float(np.log(2 * np.pi))
 # ------------------------------------------------------------- Bernoulli decoder
 
 
-def bernoulli_nll_logits(logits, x, grad_scale=1.0):
-    """Bernoulli negative log-likelihood from logits, per row, and its gradient, in one pass.
+def bernoulli_terms(logits, x):
+    """The Bernoulli NLL per element and its derivative: the formula, in NumPy.
 
-    nll_i = sum_j [softplus(l_ij) - x_ij l_ij]        (-log p(x | l) with p = sigmoid(l))
-    dlogits = grad_scale * (sigmoid(l) - x)
+    -log p(x | l) = softplus(l) - x l          (p = sigmoid(l));   d/dl = sigmoid(l) - x
     softplus(l) = max(l, 0) + log1p(exp(-|l|)) stays exact for l = +-1000, where the
     textbook -x log p - (1 - x) log(1 - p) gives log(0).
 
+    Inputs:  logits (n, D), x (n, D) targets in [0, 1]
+    Returns: nll (n, D), dnll_dlogits (n, D)
+    """
+    return (kernels.reference_activate(logits, "softplus") - x * logits,
+            kernels.reference_sigmoid(logits) - x)
+
+
+def bernoulli_nll_logits(logits, x, grad_scale=1.0):
+    """Per-row Bernoulli NLL and its scaled gradient in one pass (what the models run).
+
+    nll_i = sum_j [softplus(l_ij) - x_ij l_ij],   dlogits = grad_scale * (sigmoid(l) - x)
     Inputs:  logits (n, D), x (n, D) targets in [0, 1], grad_scale (scalar)
     Returns: nll (n,), dlogits (n, D)
     """
     compiled = kernels.compiled()
     if compiled is not None and logits.ndim == 2:
         return compiled.bernoulli_nll_logits(logits, x, float(grad_scale))
-    nll = kernels.reference_activate(logits, "softplus") - x * logits
-    dlogits = (kernels.reference_sigmoid(logits) - x) * logits.dtype.type(grad_scale)
-    return nll.sum(axis=1), dlogits
+    nll, dlogits = bernoulli_terms(logits, x)
+    return nll.sum(axis=1), dlogits * logits.dtype.type(grad_scale)
 
 
 def bernoulli_nll(logits, x):
-    """Batch mean of :func:`bernoulli_nll_logits`.   logits, x (n, D) -> loss, dlogits (n, D)."""
+    """Batch mean of the Bernoulli NLL.   logits, x (n, D) -> loss (float), dlogits (n, D)."""
     n = logits.shape[0]
-    nll, dlogits = bernoulli_nll_logits(logits, x, 1.0 / n)
-    return float(nll.sum() / n), dlogits
+    nll, dlogits = bernoulli_terms(logits, x)
+    return float(nll.sum() / n), dlogits / n
 
 
 # -------------------------------------------------------------- Gaussian decoder
@@ -120,14 +130,13 @@ def mse(pred, target):
 def gaussian_kl(mu, logvar, sigma=None):
     """KL(N(mu, sigma^2) || N(0, 1)) per example and dimension.
 
-    kl = 0.5 (mu^2 + sigma^2 - 1 - logvar),   sigma = exp(0.5 logvar)
+    kl = 0.5 (mu^2 + sigma^2 - 1 - logvar),   sigma^2 = exp(logvar)
     Inputs:  mu, logvar (n, d); sigma (n, d) if the caller already has it (the
-             reparameterization computes it), else it is computed here
+             reparameterization computes it), else sigma^2 is exp(logvar)
     Returns: kl (n, d)
     """
-    if sigma is None:
-        sigma = np.exp(0.5 * logvar)
-    return 0.5 * (mu * mu + sigma * sigma - 1 - logvar)
+    var = np.exp(logvar) if sigma is None else sigma * sigma
+    return 0.5 * (mu * mu + var - 1 - logvar)
 
 
 def gaussian_kl_backward(dkl, mu, logvar=None, sigma=None):
@@ -135,12 +144,12 @@ def gaussian_kl_backward(dkl, mu, logvar=None, sigma=None):
 
     dmu = dkl * mu,   dlogvar = dkl * 0.5 (sigma^2 - 1)     (d sigma^2 / d logvar = sigma^2)
     Inputs:  dkl (n, d) upstream gradient, or a scalar (beta / n for the VAE loss);
-             mu (n, d); logvar or sigma (n, d)
+             mu (n, d); logvar, or sigma if the caller has it (n, d)
     Returns: dmu, dlogvar (n, d)
     """
-    if sigma is None:
-        sigma = np.exp(0.5 * logvar)
-    return dkl * mu, dkl * 0.5 * (sigma * sigma - 1)
+    # expm1(logvar) = sigma^2 - 1 without the cancellation near logvar = 0
+    var_minus_1 = np.expm1(logvar) if sigma is None else sigma * sigma - 1
+    return dkl * mu, dkl * 0.5 * var_minus_1
 
 
 # ----------------------------------------------------- reparameterization trick
