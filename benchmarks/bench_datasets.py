@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from tinyvae import datasets
-from tinyvae._numba import get_num_threads
+from tinyvae._backend.numba_flags import get_num_threads
 
 
 def time_render(ds, classes, repeats):

@@ -17,8 +17,8 @@ import time
 import numpy as np
 from numba import prange
 
-from tinyvae import datasets as D
-from tinyvae._numba import njit_parallel
+from tinyvae._backend.numba_flags import njit_parallel
+from tinyvae.datasets import dsprites as D
 
 
 def load_frames(path):

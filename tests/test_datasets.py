@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 from tinyvae import datasets as D
+from tinyvae.datasets import downloads, dsprites_npz
+from tinyvae.datasets import mnist as mnist_module
 
 # ---------------------------------------------------------------------------------------
 # dSprites
@@ -330,7 +332,7 @@ def _write_npz(path, **arrays):
 def test_official_object_has_the_same_interface():
     image = D.DSprites().render([[2, 5, 7, 3, 4]])[0]
     packed = np.broadcast_to(np.packbits(image, axis=-1), (737_280, 64, 8))  # no memory
-    official = D._OfficialDSprites(packed)
+    official = dsprites_npz._OfficialDSprites(packed)
     assert official.factor_sizes == (3, 6, 40, 32, 32) and len(official) == 737_280
     images, classes = official.sample(5, np.random.default_rng(0))
     assert images.shape == (5, 64, 64) and images.dtype == np.uint8
@@ -343,15 +345,15 @@ def test_npz_reader_rejects_bad_files(tmp_path):
     good = _write_npz(tmp_path / "small.npz", imgs=np.zeros((4, 64, 64), np.uint8),
                       latents_classes=np.zeros((4, 6), np.int64))
     with pytest.raises(D.DatasetError, match=r"latents_classes has shape \(4, 6\)"):
-        D._read_npz_images(good)
+        dsprites_npz._read_npz_images(good)
     missing = _write_npz(tmp_path / "missing.npz", imgs=np.zeros((1, 64, 64), np.uint8))
     with pytest.raises(D.DatasetError, match="no array 'latents_classes'"):
-        D._read_npz_images(missing)
+        dsprites_npz._read_npz_images(missing)
     raw = good.read_bytes()
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(D.DatasetError, match="truncated or corrupted npz"):
-        D._read_npz_images(truncated)
+        dsprites_npz._read_npz_images(truncated)
     # Flip bytes inside the first member's compressed data: a CRC or inflate error.
     corrupted = tmp_path / "corrupted.npz"
     damaged = bytearray(raw)
@@ -359,7 +361,7 @@ def test_npz_reader_rejects_bad_files(tmp_path):
         damaged[k] ^= 0xFF
     corrupted.write_bytes(bytes(damaged))
     with pytest.raises(D.DatasetError):
-        D._read_npz_images(corrupted)
+        dsprites_npz._read_npz_images(corrupted)
     with pytest.raises(D.ChecksumError, match="md5"):
         D.load_dsprites(good)
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -436,8 +438,8 @@ def mnist_server(tmp_path, monkeypatch):
             content = gzip.compress(idx_bytes(array))
             (server / name).write_bytes(content)
             digests[name] = hashlib.sha256(content).hexdigest()
-    monkeypatch.setitem(D._MNIST_SHA256, "mnist", digests)
-    monkeypatch.setitem(D._MNIST_MIRRORS, "mnist",
+    monkeypatch.setitem(mnist_module._MNIST_SHA256, "mnist", digests)
+    monkeypatch.setitem(mnist_module._MNIST_MIRRORS, "mnist",
                         [(tmp_path / "absent").as_uri() + "/", server.as_uri() + "/"])
     cache = tmp_path / "cache"
     return server, cache
@@ -460,7 +462,7 @@ def test_load_mnist_downloads_verifies_and_caches(mnist_server, monkeypatch):
         def open(self, url, timeout=None):
             raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(D, "_opener", Offline())
+    monkeypatch.setattr(downloads, "_opener", Offline())
     X2, y2 = D.load_mnist("train", data_dir=cache)  # served from the verified cache
     np.testing.assert_array_equal(X, X2)
     np.testing.assert_array_equal(y, y2)
@@ -487,7 +489,7 @@ def test_load_mnist_binarize(mnist_server):
 
 def test_checksum_mismatch_leaves_nothing(mnist_server, monkeypatch):
     _, cache = mnist_server
-    monkeypatch.setitem(D._MNIST_SHA256["mnist"], "train-images-idx3-ubyte.gz", "0" * 64)
+    monkeypatch.setitem(mnist_module._MNIST_SHA256["mnist"], "train-images-idx3-ubyte.gz", "0" * 64)
     with pytest.raises(D.DownloadError, match="ChecksumError: sha256 [0-9a-f]{64}, expected 0000"):
         D.load_mnist("train", data_dir=cache)
     assert "train-images-idx3-ubyte.gz" not in leftovers(cache)
@@ -518,7 +520,7 @@ def test_interrupted_transfer_leaves_nothing(mnist_server, monkeypatch, how):
             content = (server / url.rsplit("/", 1)[1]).read_bytes()
             return _Response(content, len(content) // 2, how)
 
-    monkeypatch.setattr(D, "_opener", Flaky())
+    monkeypatch.setattr(downloads, "_opener", Flaky())
     with pytest.raises(D.DownloadError, match="IncompleteRead|interrupted"):
         D.load_mnist("train", data_dir=cache)
     assert leftovers(cache) == []
@@ -548,7 +550,7 @@ def test_data_dir_honours_tinyvae_data(tmp_path, monkeypatch):
 
 
 def test_published_digests_are_well_formed():
-    for kind, table in D._MNIST_SHA256.items():
+    for kind, table in mnist_module._MNIST_SHA256.items():
         assert set(table) == {f"{p}-{k}-idx{r}-ubyte.gz" for p in ("train", "t10k")
                               for k, r in (("images", 3), ("labels", 1))}, kind
         assert all(len(h) == 64 and int(h, 16) >= 0 for h in table.values())

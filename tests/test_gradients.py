@@ -138,11 +138,11 @@ def test_fused_reparam_kl_gradient():
     dz, k = rng.standard_normal((5, 3)), 0.37
 
     def objective(m, lv):
-        z, _, kl = tv.kernels.reparam_kl_forward(m, lv, eps)
+        z, _, kl = tv.losses.reparam_kl_forward(m, lv, eps)
         return float((z * dz).sum() + k * kl.sum())
 
-    _, sigma, _ = tv.kernels.reparam_kl_forward(mu, logvar, eps)
-    dmu, dlogvar = tv.kernels.reparam_kl_backward(dz, mu, eps, sigma, k)
+    _, sigma, _ = tv.losses.reparam_kl_forward(mu, logvar, eps)
+    dmu, dlogvar = tv.losses.reparam_kl_backward(dz, mu, eps, sigma, k)
     assert rel_error(dmu, numerical_grad(lambda v: objective(v, logvar), mu)) < LAYER_TOL
     assert rel_error(dlogvar, numerical_grad(lambda v: objective(mu, v), logvar)) < LAYER_TOL
 
@@ -150,8 +150,8 @@ def test_fused_reparam_kl_gradient():
 def test_fused_bernoulli_gradient():
     rng = np.random.default_rng(10)
     logits, x = rng.standard_normal((3, 13)) * 4, rng.random((3, 13))
-    _, dlogits = tv.kernels.bernoulli_nll_logits(logits, x, 0.25)
-    num = numerical_grad(lambda v: 0.25 * tv.kernels.bernoulli_nll_logits(v, x)[0].sum(), logits)
+    _, dlogits = tv.losses.bernoulli_nll_logits(logits, x, 0.25)
+    num = numerical_grad(lambda v: 0.25 * tv.losses.bernoulli_nll_logits(v, x)[0].sum(), logits)
     assert rel_error(dlogits, num) < LAYER_TOL
 
 

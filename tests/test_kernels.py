@@ -18,9 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinyvae import _threads
 from tinyvae import kernels as K
-from tinyvae._numba import njit as njit_kernel
+from tinyvae import losses
+from tinyvae._backend import threads as _threads
+from tinyvae._backend.numba_flags import njit as njit_kernel
 
 DTYPES = (np.float32, np.float64)
 #: relative error allowed against the scale of the computation
@@ -349,7 +350,7 @@ def test_bernoulli_nll_matches_reference(rng, shape, dtype):
     logits = (5 * rng.standard_normal(shape)).astype(dtype)
     x = (rng.random(shape) < 0.4).astype(dtype)
     x[0, 0] = 0.3  # targets need not be binary
-    (nll, dl), (nll_ref, dl_ref) = both(K.bernoulli_nll_logits, logits, x, 0.25)
+    (nll, dl), (nll_ref, dl_ref) = both(losses.bernoulli_nll_logits, logits, x, 0.25)
     assert nll.shape == (shape[0],) and nll.dtype == dtype and dl.dtype == dtype
     scale = (np.abs(logits) + 1).sum(axis=1)
     np.testing.assert_allclose(nll, nll_ref, rtol=0, atol=4 * rtol(dtype) * scale.max())
@@ -360,19 +361,19 @@ def test_bernoulli_nll_matches_reference(rng, shape, dtype):
 def test_bernoulli_nll_extreme_logits_are_exact(dtype):
     logits = np.array([[1000, -1000, 1000, -1000, 0]], dtype)
     x = np.array([[1, 0, 0, 1, 1]], dtype)
-    nll, dl = K.bernoulli_nll_logits(logits, x)
+    nll, dl = losses.bernoulli_nll_logits(logits, x)
     assert np.all(np.isfinite(nll)) and np.all(np.isfinite(dl))
     # per element: 0, 0, 1000, 1000, log 2
     assert nll[0] == pytest.approx(2000 + np.log(2), rel=float(np.finfo(dtype).eps * 4))
     np.testing.assert_array_equal(dl, np.array([[0, 0, 1, -1, -0.5]], dtype))
-    nll1, _ = K.bernoulli_nll_logits(logits[:, :1], x[:, :1])
+    nll1, _ = losses.bernoulli_nll_logits(logits[:, :1], x[:, :1])
     assert nll1[0] == 0
 
 
 def test_bernoulli_nll_non_contiguous(rng):
     logits = layout(rng.standard_normal((20, 30)), "F")
     x = layout((rng.random((20, 30)) < 0.5).astype(np.float64), "step2")
-    (nll, dl), (nll_ref, dl_ref) = both(K.bernoulli_nll_logits, logits, x, 1.0)
+    (nll, dl), (nll_ref, dl_ref) = both(losses.bernoulli_nll_logits, logits, x, 1.0)
     np.testing.assert_allclose(nll, nll_ref, rtol=1e-13)
     np.testing.assert_allclose(dl, dl_ref, rtol=1e-13, atol=1e-15)
 
@@ -382,12 +383,12 @@ def test_bernoulli_nll_non_contiguous(rng):
 def test_reparam_kl_matches_reference(rng, kind, dtype):
     mu, logvar, eps, dz = (layout(rng.standard_normal((13, 7)).astype(dtype), kind)
                            for _ in range(4))
-    fwd, fwd_ref = both(K.reparam_kl_forward, mu, logvar, eps)
+    fwd, fwd_ref = both(losses.reparam_kl_forward, mu, logvar, eps)
     for got, want in zip(fwd, fwd_ref, strict=True):
         assert got.dtype == dtype
         np.testing.assert_allclose(got, want, **elementwise_tol(dtype))
     sigma = fwd_ref[1]
-    bwd, bwd_ref = both(K.reparam_kl_backward, dz, mu, eps, sigma, 0.7)
+    bwd, bwd_ref = both(losses.reparam_kl_backward, dz, mu, eps, sigma, 0.7)
     for got, want in zip(bwd, bwd_ref, strict=True):
         np.testing.assert_allclose(got, want, **elementwise_tol(dtype))
 

@@ -133,7 +133,7 @@ def test_bernoulli_nll_is_exact_at_extreme_logits(backend):
     logits = np.array([[1000.0, -1000.0, 1000.0, -1000.0, 0.0]])
     x = np.array([[1.0, 0.0, 0.0, 1.0, 1.0]])
     with tv.use_backend(backend):
-        nll, dlogits = kernels.bernoulli_nll_logits(logits, x)
+        nll, dlogits = losses.bernoulli_nll_logits(logits, x)
     # -log sigmoid(1000) = 0 (exactly, in float64); -log(1 - sigmoid(1000)) = 1000
     assert np.isfinite(nll).all()
     assert nll[0] == 0.0 + 0.0 + 1000.0 + 1000.0 + np.log(2)
@@ -268,6 +268,32 @@ def test_resume_after_an_interrupt_mid_epoch(tmp_path):
     resumed = tv.load(tmp_path / "mid.npz").fit(X, epochs=3, resume=True, progress=False)
     for k in straight.params:
         np.testing.assert_array_equal(resumed.params[k], straight.params[k])
+
+
+def test_fit_steps_is_a_step_budget_equal_to_the_epochs_it_spans(tmp_path):
+    """fit(steps=N) stops after N steps, mid-epoch if need be, with a log entry there;
+    N = whole epochs gives the epoch run's bits; a budget run saved part-way and
+    resumed to the same budget equals the straight one."""
+    X = bars(100, seed=6)          # 7 batches of 16 an epoch
+    kw = dict(batch_size=16, progress=False, seed=3)
+    by_epochs = tv.VAE(36, (16,), 3).fit(X, epochs=2, **kw)
+    by_steps = tv.VAE(36, (16,), 3).fit(X, steps=14, **kw)
+    for k in by_epochs.params:
+        np.testing.assert_array_equal(by_steps.params[k], by_epochs.params[k])
+    assert by_steps.history_["loss"] == by_epochs.history_["loss"]
+
+    straight = tv.VAE(36, (16,), 3).fit(X, steps=17, log_every=4, **kw)
+    assert straight.step_ == 17 and straight.history_["step"] == [4, 8, 12, 16, 17]
+    first = tv.VAE(36, (16,), 3).fit(X, steps=10, log_every=4, **kw)
+    assert first.step_ == 10 and first.history_["step"][-1] == 10
+    first.save(tmp_path / "ten.npz")
+    resumed = tv.load(tmp_path / "ten.npz").fit(X, steps=17, log_every=4, resume=True,
+                                                  progress=False)
+    assert resumed.step_ == 17
+    for k in straight.params:
+        np.testing.assert_array_equal(resumed.params[k], straight.params[k])
+    with pytest.raises(ValueError, match="steps: expected a positive integer, got 0"):
+        tv.VAE(36, (16,), 3).fit(X, steps=0, progress=False)
 
 
 def test_corrupt_truncated_and_foreign_files_raise(tmp_path):

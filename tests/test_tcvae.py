@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import tinyvae as tv
-from tinyvae import _nb_kernels, losses
-from tinyvae._numba import get_num_threads, set_num_threads
+from tinyvae import losses
+from tinyvae._backend import nb_kernels as _nb_kernels
+from tinyvae._backend.numba_flags import get_num_threads, set_num_threads
 from tinyvae.gradcheck import check_grads, numerical_grad, rel_error
 
 LAYER_TOL = 1e-8

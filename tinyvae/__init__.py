@@ -9,9 +9,9 @@
 import importlib
 
 from tinyvae import gradcheck, kernels, layers, losses
-from tinyvae.io import load, save
+from tinyvae.io import save
 from tinyvae.kernels import get_backend, set_backend, use_backend
-from tinyvae.models import VAE, Autoencoder, BetaTCVAE, BetaVAE
+from tinyvae.models import VAE, Autoencoder, BetaTCVAE, BetaVAE, load
 from tinyvae.optim import SGD, Adagrad, Adam, Optimizer
 
 __version__ = "0.1.0"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 # matplotlib and scikit-learn are imported inside the commands that draw and score
-from tinyvae import bench, lessons
+from tinyvae import _checks, bench, lessons
 from tinyvae import run as runs
 
 #: exit status after Ctrl-C, as a shell reports a process killed by SIGINT (128 + 2)
@@ -35,24 +35,18 @@ _TRAIN_OPTIONS = ("model", "beta", "capacity", "capacity_steps", "gamma", "alpha
 # ---------------------------------------------------------------------------------------
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(minimum):
+    def parse(text):
+        try:
+            return _checks.parse_int(text, minimum)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
 
 
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _float_at_least(low, strict):

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tinyvae.optim import make_optimizer
+
 FORMAT = "tinyvae-checkpoint"
 FORMAT_VERSION = 1
 
@@ -120,15 +122,14 @@ def _read_archive(path: Path):
     return header, data
 
 
-def load(path):
-    """Load a model saved by ``model.save`` / :func:`save`, training state included.
+def load(path, classes):
+    """Load a model saved by :func:`save`, training state included (``tv.load`` calls this).
 
+    classes: {class name: class} to rebuild the model with (``models.MODELS``; passed
+    in because models imports io, never the other way round).
     Raises FileNotFoundError for a missing file and ValueError for a truncated,
     corrupted, foreign or newer-format file, naming what is wrong.
     """
-    from tinyvae.models import MODELS
-    from tinyvae.optim import make_optimizer
-
     path = Path(path)
     header, data = _read_archive(path)
     if header.get("format") != FORMAT:
@@ -143,7 +144,7 @@ def load(path):
             raise ValueError(f"path: {str(path)!r} is missing array {key!r}")
         if _digest(data[key]) != digest:
             raise ValueError(f"path: {str(path)!r} is corrupted: array {key!r} fails its checksum")
-    cls = MODELS.get(header["model_class"])
+    cls = classes.get(header["model_class"])
     if cls is None:
         raise ValueError(f"path: unknown model class {header['model_class']!r} in {str(path)!r}")
     model = cls(**header["config"])

@@ -1,11 +1,15 @@
-"""The hot path: GEMM family, fused elementwise kernels and optimizer updates.
+"""The hot path: GEMM family, activations, the fused dense layer and optimizer updates.
 
 Every public function here has two implementations with the same signature:
 
-* a plain NumPy reference in this file (``_np_<name>``), short enough to read
-  as the definition of what the kernel computes, and
-* a Numba kernel in :mod:`tinyvae._nb_kernels` (packed, register-tiled GEMM;
+* a plain NumPy version in this file, short enough to read as the definition of
+  what the kernel computes (the activations' are ``reference_activate`` and
+  ``reference_activation_grad``), and
+* a Numba kernel in :mod:`tinyvae._backend.nb_kernels` (packed, register-tiled GEMM;
   single-pass fused elementwise loops).
+
+The loss formulas (Bernoulli NLL, reparameterization + KL) live once, in
+:mod:`tinyvae.losses`, whose functions reach their kernels through :func:`compiled`.
 
 ``set_backend("numba")`` (the default) or ``set_backend("numpy")`` picks one for
 the whole library (the environment variable ``TINYVAE_BACKEND`` sets the
@@ -28,10 +32,9 @@ import os
 
 import numpy as np
 
+from tinyvae._backend.activations import ACTIVATION_CODES, ACTIVATIONS
+
 BACKENDS = ("numba", "numpy")
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus")
-#: integer codes the Numba kernels branch on (strings are slow in nopython loops)
-ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 
 def _default_backend() -> str:
     name = os.environ.get("TINYVAE_BACKEND", "numba")
@@ -73,12 +76,19 @@ class use_backend:
 def _nb():
     # Imported on first use so `import tinyvae` never pays for Numba compilation.
     if _state["nb"] is None:
-        _state["nb"] = importlib.import_module("tinyvae._nb_kernels")
+        _state["nb"] = importlib.import_module("tinyvae._backend.nb_kernels")
     return _state["nb"]
 
 
 def _numba_active() -> bool:
     return _state["backend"] == "numba"
+
+
+def compiled():
+    """The compiled kernels (:mod:`tinyvae._backend.nb_kernels`) when the Numba backend is
+    active, else None: how a module whose NumPy body is the definition (e.g. losses.py)
+    hands the same computation to its kernel."""
+    return _nb() if _numba_active() else None
 
 
 # ----------------------------------------------------------------------------
@@ -161,7 +171,7 @@ def matmul_nt(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np
 # ----------------------------------------------------------------------------
 
 
-def _np_activate(a, activation, alpha):
+def reference_activate(a, activation, alpha=0.01):
     if activation == "identity":
         return a
     if activation == "relu":
@@ -171,14 +181,14 @@ def _np_activate(a, activation, alpha):
     if activation == "tanh":
         return np.tanh(a)
     if activation == "sigmoid":
-        return _np_sigmoid(a)
+        return reference_sigmoid(a)
     if activation == "softplus":
         # log(1 + e^a) = max(a, 0) + log1p(e^-|a|), finite for any a
         return np.maximum(a, 0) + np.log1p(np.exp(-np.abs(a)))
     raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
 
 
-def _np_activation_grad(y, activation, alpha):
+def reference_activation_grad(y, activation, alpha):
     """d act(a) / da written through y = act(a)."""
     one = y.dtype.type(1)
     if activation == "identity":
@@ -196,7 +206,7 @@ def _np_activation_grad(y, activation, alpha):
     raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
 
 
-def _np_sigmoid(a):
+def reference_sigmoid(a):
     # Two branches so exp never overflows: e^-a for a >= 0, e^a / (1 + e^a) otherwise.
     out = np.empty_like(a)
     pos = a >= 0
@@ -210,7 +220,7 @@ def sigmoid(a: np.ndarray) -> np.ndarray:
     """Numerically stable logistic function 1 / (1 + exp(-a)), elementwise."""
     if _numba_active() and a.ndim == 2:
         return _nb().activate(a, ACTIVATION_CODES["sigmoid"], 0.0)
-    return _np_sigmoid(np.asarray(a))
+    return reference_sigmoid(np.asarray(a))
 
 
 def activate(a: np.ndarray, activation: str, alpha: float = 0.01) -> np.ndarray:
@@ -218,7 +228,7 @@ def activate(a: np.ndarray, activation: str, alpha: float = 0.01) -> np.ndarray:
     code = _activation_code(activation)
     if _numba_active() and a.ndim == 2:
         return _nb().activate(a, code, float(alpha))
-    return _np_activate(a, activation, alpha)
+    return reference_activate(a, activation, alpha)
 
 
 def activation_backward(dy: np.ndarray, y: np.ndarray, activation: str,
@@ -227,7 +237,7 @@ def activation_backward(dy: np.ndarray, y: np.ndarray, activation: str,
     code = _activation_code(activation)
     if _numba_active() and dy.ndim == 2:
         return _nb().activation_backward(dy, y, code, float(alpha))
-    return dy * _np_activation_grad(y, activation, alpha)
+    return dy * reference_activation_grad(y, activation, alpha)
 
 
 # ----------------------------------------------------------------------------
@@ -249,7 +259,7 @@ def dense_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, activation: str =
         raise ValueError(f"b: expected shape ({W.shape[1]},) dtype {W.dtype}, got {b.shape} {b.dtype}")
     if _numba_active():
         return _nb().dense_forward(x, W, b, code, float(alpha))
-    return _np_activate(np.matmul(x, W) + b, activation, alpha)
+    return reference_activate(np.matmul(x, W) + b, activation, alpha)
 
 
 def activation_bias_backward(dy: np.ndarray, y: np.ndarray, activation: str,
@@ -263,60 +273,8 @@ def activation_bias_backward(dy: np.ndarray, y: np.ndarray, activation: str,
         raise ValueError(f"dy: expected a 2-D array shaped like y {y.shape}, got {dy.shape}")
     if _numba_active():
         return _nb().activation_bias_backward(dy, y, code, float(alpha))
-    da = dy * _np_activation_grad(y, activation, alpha)
+    da = dy * reference_activation_grad(y, activation, alpha)
     return da, da.sum(axis=0)
-
-
-# ----------------------------------------------------------------------------
-# fused losses
-# ----------------------------------------------------------------------------
-
-
-def bernoulli_nll_logits(logits: np.ndarray, x: np.ndarray,
-                         grad_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Bernoulli NLL from logits, per row, and its gradient, in one pass.
-
-    nll_i = sum_j [softplus(l_ij) - x_ij l_ij]      (= BCE(sigmoid(l), x), no overflow)
-    dlogits = grad_scale * (sigmoid(l) - x)
-
-    logits, x (n, D) -> nll (n,), dlogits (n, D)
-    """
-    if _numba_active() and logits.ndim == 2:
-        return _nb().bernoulli_nll_logits(logits, x, float(grad_scale))
-    nll = _np_activate(logits, "softplus", 0.0) - x * logits
-    dlogits = (_np_sigmoid(logits) - x) * logits.dtype.type(grad_scale)
-    return nll.sum(axis=1), dlogits
-
-
-def reparam_kl_forward(mu: np.ndarray, logvar: np.ndarray,
-                       eps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """z = mu + sigma * eps and the analytic KL(N(mu, sigma^2) || N(0, 1)) per dimension.
-
-    sigma = exp(logvar / 2);  kl = 0.5 (mu^2 + sigma^2 - 1 - logvar)
-    mu, logvar, eps (n, d) -> z, sigma, kl (n, d)
-    """
-    if _numba_active() and mu.ndim == 2:
-        return _nb().reparam_kl_forward(mu, logvar, eps)
-    sigma = np.exp(0.5 * logvar)
-    z = mu + sigma * eps
-    kl = 0.5 * (mu * mu + sigma * sigma - 1 - logvar)
-    return z, sigma, kl
-
-
-def reparam_kl_backward(dz: np.ndarray, mu: np.ndarray, eps: np.ndarray, sigma: np.ndarray,
-                        kl_scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Gradients of  L = f(z) + kl_scale * sum(kl)  through the reparameterization.
-
-    dmu     = dz + kl_scale * mu
-    dlogvar = 0.5 * dz * eps * sigma + kl_scale * 0.5 * (sigma^2 - 1)
-    dz, mu, eps, sigma (n, d) -> dmu, dlogvar (n, d)
-    """
-    if _numba_active() and dz.ndim == 2:
-        return _nb().reparam_kl_backward(dz, mu, eps, sigma, float(kl_scale))
-    k = dz.dtype.type(kl_scale)
-    dmu = dz + k * mu
-    dlogvar = 0.5 * dz * eps * sigma + k * 0.5 * (sigma * sigma - 1)
-    return dmu, dlogvar
 
 
 # ----------------------------------------------------------------------------

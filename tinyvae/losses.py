@@ -1,13 +1,25 @@
-"""Losses, the analytic Gaussian KL and the reparameterization trick.
+"""Every formula of the objectives, once: forward/backward pairs with shapes and the maths.
 
-Conventions: a batch is n rows. Reconstruction losses are the *mean over the
-batch of the sum over features*, the convention of the VAE objective
-(one log-likelihood per example). Each function returns the loss together with
-its gradient(s), or is a forward/backward pair with a cache.
+    bernoulli_terms        -log p(x | logits) per element and its derivative (Bernoulli decoder)
+    bernoulli_nll_logits   the same summed per row, gradient scaled: what the models run
+    gaussian_nll_rows      -log N(x | mean, s^2) per row, s fixed          (Gaussian decoder)
+    gaussian_nll_learned_rows   the same with a learned log-variance
+    gaussian_kl            KL(N(mu, sigma^2) || N(0, 1)) per example and dimension, + backward
+    reparameterize         z = mu + sigma * eps, forward + backward
+    reparam_kl_forward/backward   the two above fused: what the VAE runs
+    log_importance_weights, tc_terms   the minibatch estimators of log q(z) (beta-TCVAE)
+    tc_penalty_forward/backward   MI, total correlation and dimension-wise KL, weighted,
+                           fused: what the beta-TCVAE runs
 
-These are the readable definitions. The models call the fused kernels in
-:mod:`tinyvae.kernels` that compute the same quantities in one pass; the tests
-check that both agree and that every gradient here matches central differences.
+Conventions: a batch is n rows. The row functions return one value per example
+(the sum over its features) and take ``grad_scale``, the factor the caller's
+objective puts in front of that sum (1 / n for a batch mean): the gradient comes
+out already scaled, in one pass. The ``bernoulli_nll``, ``gaussian_nll`` and
+``gaussian_nll_learned`` wrappers give the *mean over the batch* with its gradient,
+the form the lessons check against central differences.
+
+Where a compiled kernel exists (Numba backend, 2-D input) the function calls it;
+otherwise its NumPy body below is the definition. The tests compare the two.
 """
 
 from __future__ import annotations
@@ -19,61 +31,94 @@ from tinyvae import kernels
 LOG_2PI = float(np.log(2 * np.pi))
 
 
-def bernoulli_nll(logits, x):
-    """Bernoulli negative log-likelihood from logits, without overflow.
+# ------------------------------------------------------------- Bernoulli decoder
 
-    -log p(x | l) = sum_j [softplus(l_j) - x_j l_j]      (p = sigmoid(l))
-    d/dl = sigmoid(l) - x
-    softplus(l) = max(l, 0) + log1p(exp(-|l|)) stays exact for l = +-1000, where
-    the textbook -x log p - (1 - x) log(1 - p) gives log(0).
+
+def bernoulli_terms(logits, x):
+    """The Bernoulli NLL per element and its derivative: the formula, in NumPy.
+
+    -log p(x | l) = softplus(l) - x l          (p = sigmoid(l));   d/dl = sigmoid(l) - x
+    softplus(l) = max(l, 0) + log1p(exp(-|l|)) stays exact for l = +-1000, where the
+    textbook -x log p - (1 - x) log(1 - p) gives log(0).
 
     Inputs:  logits (n, D), x (n, D) targets in [0, 1]
-    Returns: loss (mean over rows of the per-row sum), dlogits (n, D)
+    Returns: nll (n, D), dnll_dlogits (n, D)
     """
+    return (kernels.reference_activate(logits, "softplus") - x * logits,
+            kernels.reference_sigmoid(logits) - x)
+
+
+def bernoulli_nll_logits(logits, x, grad_scale=1.0):
+    """Per-row Bernoulli NLL and its scaled gradient in one pass (what the models run).
+
+    nll_i = sum_j [softplus(l_ij) - x_ij l_ij],   dlogits = grad_scale * (sigmoid(l) - x)
+    Inputs:  logits (n, D), x (n, D) targets in [0, 1], grad_scale (scalar)
+    Returns: nll (n,), dlogits (n, D)
+    """
+    compiled = kernels.compiled()
+    if compiled is not None and logits.ndim == 2:
+        return compiled.bernoulli_nll_logits(logits, x, float(grad_scale))
+    nll, dlogits = bernoulli_terms(logits, x)
+    return nll.sum(axis=1), dlogits * logits.dtype.type(grad_scale)
+
+
+def bernoulli_nll(logits, x):
+    """Batch mean of the Bernoulli NLL.   logits, x (n, D) -> loss (float), dlogits (n, D)."""
     n = logits.shape[0]
-    softplus = np.maximum(logits, 0) + np.log1p(np.exp(-np.abs(logits)))
-    loss = (softplus - x * logits).sum() / n
-    dlogits = (kernels._np_sigmoid(logits) - x) / n
-    return float(loss), dlogits
+    nll, dlogits = bernoulli_terms(logits, x)
+    return float(nll.sum() / n), dlogits / n
 
 
-def gaussian_nll(mean, x, std=1.0):
-    """Gaussian negative log-likelihood with a fixed standard deviation.
+# -------------------------------------------------------------- Gaussian decoder
 
-    -log N(x | m, s^2) = sum_j [0.5 log(2 pi) + log s + (x_j - m_j)^2 / (2 s^2)]
-    d/dm = (m - x) / s^2
 
-    Inputs:  mean (n, D), x (n, D), std > 0 (scalar)
-    Returns: loss (mean over rows), dmean (n, D)
+def gaussian_nll_rows(mean, x, std=1.0, grad_scale=1.0):
+    """Gaussian negative log-likelihood with a fixed standard deviation s, per row.
+
+    nll_i = sum_j (x_ij - m_ij)^2 / (2 s^2) + D (0.5 log(2 pi) + log s)
+    dmean = grad_scale * (m - x) / s^2
+
+    Inputs:  mean (n, D), x (n, D), std > 0 (scalar), grad_scale (scalar)
+    Returns: nll (n,), dmean (n, D)
     """
     if not std > 0:
         raise ValueError(f"std: expected a positive number, got {std}")
-    n, d = mean.shape
     diff = mean - x
-    loss = (diff * diff).sum() / (2 * std**2) + d * n * (0.5 * LOG_2PI + np.log(std))
-    return float(loss / n), diff / (std**2 * n)
+    var = std**2
+    const = mean.shape[1] * (0.5 * LOG_2PI + np.log(std))
+    nll = (diff * diff).sum(axis=1) / (2 * var) + const
+    return nll, diff * mean.dtype.type(grad_scale / var)
 
 
-def gaussian_nll_learned(mean, logvar, x):
-    """Gaussian negative log-likelihood with a learned log-variance.
+def gaussian_nll(mean, x, std=1.0):
+    """Batch mean of :func:`gaussian_nll_rows`.   mean, x (n, D) -> loss, dmean (n, D)."""
+    nll, dmean = gaussian_nll_rows(mean, x, std, 1.0 / mean.shape[0])
+    return float(nll.mean()), dmean
 
-    -log N(x | m, e^v) = sum_j 0.5 [log(2 pi) + v_j + (x_j - m_j)^2 e^(-v_j)]
-    d/dm = (m - x) e^(-v),   d/dv = 0.5 [1 - (x - m)^2 e^(-v)]
+
+def gaussian_nll_learned_rows(mean, logvar, x, grad_scale=1.0):
+    """Gaussian negative log-likelihood with a learned log-variance v, per row.
+
+    nll_i = sum_j 0.5 [log(2 pi) + v_j + (x_ij - m_ij)^2 e^(-v_j)]
+    dmean = grad_scale (m - x) e^(-v),   dlogvar = grad_scale 0.5 [1 - (x - m)^2 e^(-v)]
 
     Inputs:  mean (n, D), logvar (D,) shared by all rows or (n, D), x (n, D)
-    Returns: loss (mean over rows), dmean (n, D), dlogvar (shape of logvar)
+    Returns: nll (n,), dmean (n, D), dlogvar (shape of logvar: a shared v sums over rows)
     """
-    n = mean.shape[0]
     diff = mean - x
     inv_var = np.exp(-logvar)
     sq = diff * diff * inv_var
-    loss = 0.5 * (LOG_2PI + logvar + sq)
-    loss = np.broadcast_to(loss, mean.shape).sum() / n
-    dmean = diff * inv_var / n
-    dlogvar = 0.5 * (1 - sq) / n
+    nll = 0.5 * (LOG_2PI + logvar + sq).sum(axis=1)
+    one_minus_sq = 1 - sq
     if np.ndim(logvar) == 1:
-        dlogvar = dlogvar.sum(axis=0)
-    return float(loss), dmean, dlogvar
+        one_minus_sq = one_minus_sq.sum(axis=0)
+    return nll, diff * (inv_var * grad_scale), (0.5 * grad_scale) * one_minus_sq
+
+
+def gaussian_nll_learned(mean, logvar, x):
+    """Batch mean of :func:`gaussian_nll_learned_rows` -> loss, dmean, dlogvar."""
+    nll, dmean, dlogvar = gaussian_nll_learned_rows(mean, logvar, x, 1.0 / mean.shape[0])
+    return float(nll.mean()), dmean, dlogvar
 
 
 def mse(pred, target):
@@ -82,30 +127,35 @@ def mse(pred, target):
     return float((diff * diff).mean()), 2 * diff / diff.size
 
 
-# ------------------------------------------------------------- analytic KL
+# ------------------------------------------------------------------ analytic KL
 
 
-def gaussian_kl(mu, logvar):
+def gaussian_kl(mu, logvar, sigma=None):
     """KL(N(mu, sigma^2) || N(0, 1)) per example and dimension.
 
-    kl = 0.5 (mu^2 + exp(logvar) - 1 - logvar)
-    Inputs:  mu, logvar (n, d)
+    kl = 0.5 (mu^2 + sigma^2 - 1 - logvar),   sigma^2 = exp(logvar)
+    Inputs:  mu, logvar (n, d); sigma (n, d) if the caller already has it (the
+             reparameterization computes it), else sigma^2 is exp(logvar)
     Returns: kl (n, d)
     """
-    return 0.5 * (mu * mu + np.exp(logvar) - 1 - logvar)
+    var = np.exp(logvar) if sigma is None else sigma * sigma
+    return 0.5 * (mu * mu + var - 1 - logvar)
 
 
-def gaussian_kl_backward(dkl, mu, logvar):
+def gaussian_kl_backward(dkl, mu, logvar=None, sigma=None):
     """Backward of gaussian_kl.
 
-    dmu = dkl * mu,   dlogvar = dkl * 0.5 (exp(logvar) - 1)
-    Inputs:  dkl (n, d) upstream gradient (ones * beta / n for the VAE loss)
+    dmu = dkl * mu,   dlogvar = dkl * 0.5 (sigma^2 - 1)     (d sigma^2 / d logvar = sigma^2)
+    Inputs:  dkl (n, d) upstream gradient, or a scalar (beta / n for the VAE loss);
+             mu (n, d); logvar, or sigma if the caller has it (n, d)
     Returns: dmu, dlogvar (n, d)
     """
-    return dkl * mu, dkl * 0.5 * np.expm1(logvar)
+    # expm1(logvar) = sigma^2 - 1 without the cancellation near logvar = 0
+    var_minus_1 = np.expm1(logvar) if sigma is None else sigma * sigma - 1
+    return dkl * mu, dkl * 0.5 * var_minus_1
 
 
-# ------------------------------------------------- reparameterization trick
+# ----------------------------------------------------- reparameterization trick
 
 
 def reparameterize_forward(mu, logvar, eps):
@@ -123,11 +173,45 @@ def reparameterize_forward(mu, logvar, eps):
 def reparameterize_backward(dz, cache):
     """Backward of z = mu + exp(0.5 logvar) * eps.
 
-    dmu = dz,   dlogvar = dz * eps * 0.5 sigma
+    dmu = dz,   dlogvar = 0.5 * dz * eps * sigma        (d sigma / d logvar = sigma / 2)
     Returns: dmu, dlogvar (n, d)
     """
     eps, sigma = cache
-    return dz.copy(), dz * eps * 0.5 * sigma
+    return dz.copy(), 0.5 * dz * eps * sigma
+
+
+# ------------------------------------------- fused: reparameterization + KL, one pass
+# What the VAE runs. The NumPy body is exactly the two pairs above; the Numba kernel
+# (tinyvae._backend.fused.reparam_kl_*_into) computes the same in one loop.
+
+
+def reparam_kl_forward(mu, logvar, eps):
+    """reparameterize_forward and gaussian_kl sharing sigma.
+
+    Inputs:  mu, logvar, eps (n, d)
+    Returns: z, sigma, kl (n, d)    (z = mu + sigma eps, kl = 0.5 (mu^2 + sigma^2 - 1 - logvar))
+    """
+    compiled = kernels.compiled()
+    if compiled is not None and mu.ndim == 2:
+        return compiled.reparam_kl_forward(mu, logvar, eps)
+    z, (_, sigma) = reparameterize_forward(mu, logvar, eps)
+    return z, sigma, gaussian_kl(mu, logvar, sigma)
+
+
+def reparam_kl_backward(dz, mu, eps, sigma, kl_scale):
+    """Gradients of  L = f(z) + kl_scale * sum(kl)  with respect to mu and logvar.
+
+    dmu     = dz + kl_scale * mu
+    dlogvar = 0.5 * dz * eps * sigma + kl_scale * 0.5 * (sigma^2 - 1)
+    Inputs:  dz = dL/dz, mu, eps, sigma (n, d); kl_scale = dL/dkl_ij (scalar)
+    Returns: dmu, dlogvar (n, d)
+    """
+    compiled = kernels.compiled()
+    if compiled is not None and dz.ndim == 2:
+        return compiled.reparam_kl_backward(dz, mu, eps, sigma, float(kl_scale))
+    dmu_z, dlogvar_z = reparameterize_backward(dz, (eps, sigma))
+    dmu_kl, dlogvar_kl = gaussian_kl_backward(dz.dtype.type(kl_scale), mu, sigma=sigma)
+    return dmu_z + dmu_kl, dlogvar_z + dlogvar_kl
 
 
 # ------------------------------------------- total correlation (beta-TCVAE)
@@ -280,8 +364,9 @@ def tc_penalty_forward(z, mu, logvar, log_weights, alpha, beta, gamma):
     Inputs:  z, mu, logvar (B, d); log_weights (B, B); alpha, beta, gamma floats
     Returns: penalty (float), parts {"mi", "tc", "dwkl"} (batch means, floats), cache
     """
-    if kernels._numba_active():
-        terms, terms_cache = kernels._nb().tc_terms_forward(z, mu, logvar, log_weights)
+    compiled = kernels.compiled()
+    if compiled is not None:
+        terms, terms_cache = compiled.tc_terms_forward(z, mu, logvar, log_weights)
         log_qz_x, log_qz, log_qz_marginals = terms
         log_pz = (-0.5 * (LOG_2PI + z * z)).sum(axis=1)
     else:
@@ -306,6 +391,7 @@ def tc_penalty_backward(dpenalty, cache):
     scale = dpenalty / B
     upstream = [np.full(B, c * scale, dtype=z.dtype)
                 for c in (alpha, beta - alpha, gamma - beta, -gamma)]
-    if kernels._numba_active():
-        return kernels._nb().tc_terms_backward(*upstream, terms_cache)
+    compiled = kernels.compiled()
+    if compiled is not None:
+        return compiled.tc_terms_backward(*upstream, terms_cache)
     return tc_terms_backward(*upstream, terms_cache)

@@ -35,6 +35,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from tinyvae import _checks
+
 __all__ = [
     "evaluate_elbo",
     "iwae_bound",
@@ -60,14 +62,6 @@ _RENDER_CHUNK = 2048
 # ----------------------------------------------------------------------------
 # validation shared by the public functions
 # ----------------------------------------------------------------------------
-
-
-def _check_positive_int(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return int(value)
 
 
 def _check_model(model, fn):
@@ -134,7 +128,7 @@ def latent_means(model, X, batch_size: int = 256) -> np.ndarray:
     """
     _check_model(model, "latent_means")
     X = _check_data(model, X, "latent_means")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = _checks.int_at_least("batch_size", batch_size)
     codes = []
     for sl in _batches(len(X), batch_size):
         out = model.encode(X[sl])
@@ -148,7 +142,7 @@ def mean_encoder(model, batch_size: int = 256) -> Callable[[np.ndarray], np.ndar
     Returns f(images (n, input_dim) float) -> E[z|x] (n, latent_dim).
     """
     _check_model(model, "mean_encoder")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = _checks.int_at_least("batch_size", batch_size)
     return lambda X: latent_means(model, X, batch_size)
 
 
@@ -170,7 +164,7 @@ def evaluate_elbo(model, X, batch_size: int = 256, seed=0) -> dict:
     """
     _check_model(model, "evaluate_elbo")
     X = _check_data(model, X, "evaluate_elbo")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = _checks.int_at_least("batch_size", batch_size)
     rng = np.random.default_rng(seed)
     recon_sum = 0.0
     kl_sum = np.zeros(model.latent_dim)
@@ -201,8 +195,8 @@ def iwae_bound(model, X, k: int = 50, batch_size: int = 32, seed=0) -> float:
     """
     _check_model(model, "iwae_bound")
     X = _check_data(model, X, "iwae_bound")
-    k = _check_positive_int(k, "k")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    k = _checks.int_at_least("k", k)
+    batch_size = _checks.int_at_least("batch_size", batch_size)
     rng = np.random.default_rng(seed)
     total = 0.0
     for sl in _batches(len(X), batch_size):
@@ -229,7 +223,7 @@ def kl_per_latent(model, X, batch_size: int = 256) -> np.ndarray:
     """
     _check_model(model, "kl_per_latent")
     X = _check_data(model, X, "kl_per_latent")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = _checks.int_at_least("batch_size", batch_size)
     kl_sum = np.zeros(model.latent_dim)
     for sl in _batches(len(X), batch_size):
         mu, logvar = _encode_gaussian(model, X[sl], "kl_per_latent")
@@ -347,7 +341,7 @@ def sample_codes(encode, dataset, n: int = 10_000, seed=0):
     """
     encode = _check_encode(encode, "sample_codes")
     sizes, _ = _check_dataset(dataset, "sample_codes")
-    n = _check_positive_int(n, "n", minimum=2)
+    n = _checks.int_at_least("n", n, minimum=2)
     factors = _sample_factors(np.random.default_rng(seed), sizes, n)
     return _encode_classes(encode, dataset, factors, "sample_codes"), factors
 
@@ -395,9 +389,9 @@ def beta_vae_score(encode, dataset, n_train: int = 300, n_test: int = 150,
 
     encode = _check_encode(encode, "beta_vae_score")
     sizes, varying = _check_dataset(dataset, "beta_vae_score", min_varying=2)
-    n_train = _check_positive_int(n_train, "n_train", minimum=2)
-    n_test = _check_positive_int(n_test, "n_test")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    n_train = _checks.int_at_least("n_train", n_train, minimum=2)
+    n_test = _checks.int_at_least("n_test", n_test)
+    batch_size = _checks.int_at_least("batch_size", batch_size)
     rng = np.random.default_rng(seed)
     x_train, y_train = _beta_vae_points(encode, dataset, sizes, varying, n_train, batch_size, rng)
     x_test, y_test = _beta_vae_points(encode, dataset, sizes, varying, n_test, batch_size, rng)
@@ -448,10 +442,10 @@ def factor_vae_score(encode, dataset, n_train: int = 300, n_test: int = 150,
     """
     encode = _check_encode(encode, "factor_vae_score")
     sizes, varying = _check_dataset(dataset, "factor_vae_score", min_varying=2)
-    n_train = _check_positive_int(n_train, "n_train")
-    n_test = _check_positive_int(n_test, "n_test")
-    batch_size = _check_positive_int(batch_size, "batch_size", minimum=2)
-    n_variance = _check_positive_int(n_variance, "n_variance", minimum=2)
+    n_train = _checks.int_at_least("n_train", n_train)
+    n_test = _checks.int_at_least("n_test", n_test)
+    batch_size = _checks.int_at_least("batch_size", batch_size, minimum=2)
+    n_variance = _checks.int_at_least("n_variance", n_variance, minimum=2)
     if not collapsed_threshold >= 0:
         raise ValueError(f"collapsed_threshold: expected a number >= 0, got {collapsed_threshold}")
     rng = np.random.default_rng(seed)
@@ -492,7 +486,7 @@ def mutual_information(codes, factors, n_bins: int = 20) -> np.ndarray:
     from sklearn.metrics import mutual_info_score
 
     codes, factors = _check_codes_factors(codes, factors, "mutual_information")
-    n_bins = _check_positive_int(n_bins, "n_bins")
+    n_bins = _checks.int_at_least("n_bins", n_bins)
     binned = _discretize(codes, n_bins)
     return np.array([[mutual_info_score(factors[:, f], binned[:, j])
                       for f in range(factors.shape[1])] for j in range(codes.shape[1])])
@@ -578,7 +572,7 @@ def dci(codes, factors, test_fraction: float = 0.25, n_estimators: int = 10, see
     codes, factors = _check_codes_factors(codes, factors, "dci")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction}")
-    n_estimators = _check_positive_int(n_estimators, "n_estimators")
+    n_estimators = _checks.int_at_least("n_estimators", n_estimators)
     rng = np.random.default_rng(seed)
     n = len(codes)
     n_test = min(max(1, round(test_fraction * n)), n - 1)
@@ -673,7 +667,7 @@ def shape_fidelity(model, dataset, n: int = 1000, seed=0, threshold: float = 0.5
     """
     _check_model(model, "shape_fidelity")
     sizes, _ = _check_dataset(dataset, "shape_fidelity")
-    n = _check_positive_int(n, "n")
+    n = _checks.int_at_least("n", n)
     classes = _sample_factors(np.random.default_rng(seed), sizes, n)
     shape_axis = list(dataset.factor_names).index("shape")
     images = dataset.render(classes).reshape(n, -1).astype(model.dtype)

@@ -18,59 +18,11 @@ step's cache, and walks the caches back in reverse. The VAE objective per batch:
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
-
 import numpy as np
 
-from tinyvae import kernels, layers, losses
-from tinyvae.losses import LOG_2PI
+from tinyvae import _checks, io, layers, losses, training
 
 LIKELIHOODS = ("bernoulli", "gaussian")
-HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus", "identity")
-
-
-# ---------------------------------------------------------------------------
-# input validation (messages name the argument, what was expected, what came)
-# ---------------------------------------------------------------------------
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
-def _as_batch(name, x, width, dtype, unit_interval=False):
-    """Validate a (n, width) float batch and return it as a contiguous `dtype` array."""
-    if isinstance(x, (list, tuple)):
-        x = np.asarray(x)
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
-    if x.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array of shape (n, {width}), got shape {x.shape}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name}: expected at least one row, got an empty array {x.shape}")
-    if x.shape[1] != width:
-        raise ValueError(f"{name}: expected {width} columns, got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        hint = " (for images stored as 0..255 integers, divide by 255)" if np.issubdtype(
-            x.dtype, np.integer) else ""
-        raise TypeError(f"{name}: expected a float array, got dtype {x.dtype}{hint}")
-    x = np.ascontiguousarray(x, dtype=dtype)
-    finite = np.isfinite(x)
-    if not finite.all():
-        row = int(np.argwhere(~finite)[0, 0])
-        raise ValueError(f"{name}: expected finite values, got NaN or inf (first in row {row})")
-    if unit_interval:
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0 or hi > 1:
-            raise ValueError(
-                f"{name}: expected values in [0, 1] for a Bernoulli decoder, got range "
-                f"[{lo:.4g}, {hi:.4g}] (rescale the data, or use likelihood='gaussian')"
-            )
-    return x
 
 
 def _init_weight(rng, fan_in, fan_out, activation):
@@ -89,20 +41,18 @@ class _BaseModel:
 
     #: True when the loss takes reparameterization noise eps (the VAE family)
     latent_noise = False
+    #: the model's name on the command line (tinyvae train --model NAME)
+    short_name = None
 
     def __init__(self, input_dim, hidden=(400,), latent_dim=20, likelihood="bernoulli",
                  activation="relu", dtype=np.float32, seed=0, obs_std=0.1, alpha=0.01):
-        self.input_dim = _positive_int("input_dim", input_dim)
+        self.input_dim = _checks.positive_int("input_dim", input_dim)
         if isinstance(hidden, (int, np.integer)):
             hidden = (hidden,)
-        self.hidden = tuple(_positive_int("hidden", h) for h in hidden)
-        self.latent_dim = _positive_int("latent_dim", latent_dim)
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood: expected one of {LIKELIHOODS}, got {likelihood!r}")
-        self.likelihood = likelihood
-        if activation not in HIDDEN_ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {HIDDEN_ACTIVATIONS}, got {activation!r}")
-        self.activation = activation
+        self.hidden = tuple(_checks.positive_int("hidden", h) for h in hidden)
+        self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
+        self.likelihood = _checks.one_of("likelihood", likelihood, LIKELIHOODS)
+        self.activation = _checks.one_of("activation", activation, layers.ACTIVATIONS)
         if not 0 < alpha < 1:
             raise ValueError(f"alpha: expected 0 < alpha < 1, got {alpha!r}")
         # the leaky_relu slope; BetaTCVAE uses the name alpha for its MI weight
@@ -201,33 +151,28 @@ class _BaseModel:
     # -- likelihood --------------------------------------------------------------
 
     def _reconstruction(self, out, target, grad_scale):
-        """-log p(target | decoder output) per row and its gradient(s).
+        """-log p(target | decoder output) per row and its gradient(s), from losses.py.
 
-        Returns nll (n,), dout (n, D) = grad_scale * d nll_i / d out_i, extra grads dict.
+        Returns nll (n,), dout (n, D) = grad_scale * d nll_i / d out_i, and a dict of
+        extra gradients (the learned observation log-variance, if any).
         """
         if self.likelihood == "bernoulli":
-            nll, dout = kernels.bernoulli_nll_logits(out, target, grad_scale)
+            nll, dout = losses.bernoulli_nll_logits(out, target, grad_scale)
             return nll, dout, {}
-        diff = out - target
         if self.obs_std == "learned":
-            logvar = self.params["obs.logvar"]
-            inv_var = np.exp(-logvar)
-            sq = diff * diff * inv_var
-            nll = 0.5 * (LOG_2PI + logvar + sq).sum(axis=1)
-            dlogvar = (0.5 * grad_scale) * (1 - sq).sum(axis=0)
-            return nll, diff * (inv_var * grad_scale), {"obs.logvar": dlogvar.astype(self.dtype)}
-        var = self.obs_std**2
-        const = self.input_dim * (0.5 * LOG_2PI + np.log(self.obs_std))
-        nll = (diff * diff).sum(axis=1) / (2 * var) + const
-        return nll, diff * self.dtype.type(grad_scale / var), {}
+            nll, dout, dlogvar = losses.gaussian_nll_learned_rows(
+                out, self.params["obs.logvar"], target, grad_scale)
+            return nll, dout, {"obs.logvar": dlogvar.astype(self.dtype)}
+        nll, dout = losses.gaussian_nll_rows(out, target, self.obs_std, grad_scale)
+        return nll, dout, {}
 
     def _mean_from_output(self, out):
-        return kernels.sigmoid(out) if self.likelihood == "bernoulli" else out
+        return layers.sigmoid_forward(out)[0] if self.likelihood == "bernoulli" else out
 
     def reconstruction_nll(self, x, z):
         """-log p(x | z) summed over features, per row.   x (n, D), z (n, latent) -> (n,)"""
         x = self._check_x(x)
-        z = _as_batch("z", z, self.latent_dim, self.dtype)
+        z = _checks.as_batch("z", z, self.latent_dim, self.dtype)
         out, _ = self._decoder_forward(z)
         return self._reconstruction(out, x, 1.0)[0]
 
@@ -236,11 +181,11 @@ class _BaseModel:
 
         Bernoulli: the pixel probabilities sigmoid(logits); Gaussian: the mean.
         """
-        z = _as_batch("z", z, self.latent_dim, self.dtype)
+        z = _checks.as_batch("z", z, self.latent_dim, self.dtype)
         return self._mean_from_output(self._decoder_forward(z)[0])
 
     def _check_x(self, x, name="x"):
-        return _as_batch(name, x, self.input_dim, self.dtype,
+        return _checks.as_batch(name, x, self.input_dim, self.dtype,
                          unit_interval=self.likelihood == "bernoulli")
 
     # -- the objective ---------------------------------------------------------------
@@ -257,12 +202,12 @@ class _BaseModel:
                  ``self.last_loss_parts_``.
         """
         bernoulli = self.likelihood == "bernoulli"
-        x = _as_batch("x", x, self.input_dim, self.dtype, unit_interval=bernoulli and target is None)
+        x = _checks.as_batch("x", x, self.input_dim, self.dtype, unit_interval=bernoulli and target is None)
         target = x if target is None else self._check_x(target, "target")
         if target.shape != x.shape:
             raise ValueError(f"target: expected shape {x.shape} like x, got {target.shape}")
         if self.latent_noise and eps is not None:
-            eps = _as_batch("eps", eps, self.latent_dim, self.dtype)
+            eps = _checks.as_batch("eps", eps, self.latent_dim, self.dtype)
             if eps.shape[0] != x.shape[0]:
                 raise ValueError(f"eps: expected {x.shape[0]} rows like x, got shape {eps.shape}")
         return self._loss(x, target, eps, compute_grads)
@@ -273,16 +218,20 @@ class _BaseModel:
     # -- training --------------------------------------------------------------------
 
     def fit(self, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=True,
-            kl_warmup_steps=0, corrupt=None, resume=False, log_every=None, callback=None):
+            kl_warmup_steps=0, corrupt=None, resume=False, log_every=None, callback=None,
+            steps=None):
         """Train with minibatch gradient descent. Returns self.
 
         Inputs:  X (n, input_dim) training data; epochs: total epochs of this run;
+                 steps: a step budget instead: train until this run has taken
+                 ``steps`` steps in all (then epochs is ignored; resume continues
+                 up to it; a log entry falls on the last step);
                  batch_size >= 1; optimizer (default Adam(lr=1e-3)); seed for the
                  shuffle and the noise; progress: tqdm bar; kl_warmup_steps: raise
                  the KL weight linearly from 0 over this many steps (VAE);
                  corrupt(x, rng) -> noisy x to train a denoising model (the target
                  stays the clean x); resume: continue the run held in
-                 ``self.train_state_`` (e.g. from ``tv.load``) up to ``epochs``;
+                 ``self.train_state_`` (e.g. from ``tv.load``) up to ``epochs`` / ``steps``;
                  log_every: also log every that many steps (default: once an epoch);
                  callback(model, entry) after each log entry.
         A NaN or inf loss or gradient stops training with FloatingPointError and
@@ -290,17 +239,14 @@ class _BaseModel:
         current step, records the position, and raises KeyboardInterrupt, so a
         checkpoint saved then resumes exactly.
         """
-        from tinyvae.training import train
-
-        return train(self, X, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+        return training.train(self, X, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                      seed=seed, progress=progress, kl_warmup_steps=kl_warmup_steps,
-                     corrupt=corrupt, resume=resume, log_every=log_every, callback=callback)
+                     corrupt=corrupt, resume=resume, log_every=log_every,
+                              callback=callback, steps=steps)
 
     def save(self, path):
         """Write parameters, config and training state to ``path`` (.npz, atomic, no pickle)."""
-        from tinyvae.io import save
-
-        save(self, path)
+        return io.save(self, path)
 
 
 def _empty_history():
@@ -315,6 +261,8 @@ class Autoencoder(_BaseModel):
     loss = mean_i -log p(x_i | decoder(encoder(x_i)))  (Bernoulli: binary
     cross-entropy; Gaussian: squared error / 2 obs_std^2 + const).
     """
+
+    short_name = "ae"
 
     def __init__(self, input_dim, hidden=(400,), latent_dim=20, likelihood="bernoulli",
                  activation="relu", dtype=np.float32, seed=0, obs_std=0.1, alpha=0.01):
@@ -364,6 +312,7 @@ class VAE(_BaseModel):
     """
 
     latent_noise = True
+    short_name = "vae"
 
     def __init__(self, input_dim, hidden=(400,), latent_dim=20, likelihood="bernoulli",
                  beta=1.0, activation="relu", dtype=np.float32, seed=0, obs_std=0.1,
@@ -384,32 +333,27 @@ class VAE(_BaseModel):
     def get_config(self):
         return {**super().get_config(), "beta": self.beta}
 
-    def _encode_batch(self, x):
-        """x (n, input) -> mu, logvar (n, latent) (views into one array), caches.
+    # -- the pieces of the forward and backward pass a VAE-family objective reuses --
 
-        The two heads share their input h, so they run as one GEMM,
-        h @ [W_mu W_logvar] + [b_mu b_logvar]: one pass over h instead of two, and
-        40 output columns fill the register tiles better than 2 x 20. The
-        parameters stay separate arrays; the concatenated copy (hidden x 2 latent)
-        is rebuilt every call, so in-place optimizer updates are always seen.
+    def _encode_batch(self, x):
+        """x (n, input) -> mu, logvar (n, latent), encoder caches, head cache.
+
+        h = encoder(x);  mu = h @ W_mu + b_mu;  logvar = h @ W_logvar + b_logvar
+        (the two heads share one GEMM: layers.two_heads_forward).
         """
         h, caches = self._encoder_forward(x)
         p = self.params
-        W = np.concatenate((p["mu.W"], p["logvar.W"]), axis=1)
-        b = np.concatenate((p["mu.b"], p["logvar.b"]))
-        heads, head_cache = layers.dense_forward(h, W, b)
-        d = self.latent_dim
-        return heads[:, :d], heads[:, d:], caches, head_cache
+        mu, logvar, head_cache = layers.two_heads_forward(h, p["mu.W"], p["mu.b"],
+                                                          p["logvar.W"], p["logvar.b"])
+        return mu, logvar, caches, head_cache
 
-    def _heads_backward(self, dmu, dlogvar, head_cache, grads, need_dh):
-        """Backward of the merged heads: split dW and db back into the named parameters."""
-        dh, dW, db = layers.dense_backward(np.concatenate((dmu, dlogvar), axis=1), head_cache,
-                                           need_dh)
-        d = self.latent_dim
-        grads["mu.W"], grads["logvar.W"] = (np.ascontiguousarray(dW[:, :d]),
-                                            np.ascontiguousarray(dW[:, d:]))
-        grads["mu.b"], grads["logvar.b"] = db[:d].copy(), db[d:].copy()
-        return dh
+    def _encode_backward(self, dmu, dlogvar, enc_caches, head_cache, grads):
+        """Backward of _encode_batch: dmu, dlogvar (n, latent) -> grads of heads and encoder."""
+        need_dh = bool(enc_caches)  # with no hidden layer, h is the data
+        dh, grads["mu.W"], grads["mu.b"], grads["logvar.W"], grads["logvar.b"] = (
+            layers.two_heads_backward(dmu, dlogvar, head_cache, need_dh))
+        if need_dh:
+            self._encoder_backward(dh, enc_caches, grads)
 
     def encode(self, x):
         """Posterior parameters (mu, logvar), each (n, latent_dim), of x (n, input_dim)."""
@@ -422,7 +366,7 @@ class VAE(_BaseModel):
 
     def sample(self, n, rng=None):
         """Decoder means for n latents drawn from the prior N(0, I) -> (n, input_dim)."""
-        n = _positive_int("n", n)
+        n = _checks.positive_int("n", n)
         rng = np.random.default_rng(rng)
         return self.decode(rng.standard_normal((n, self.latent_dim)).astype(self.dtype))
 
@@ -450,17 +394,34 @@ class VAE(_BaseModel):
         return self.gamma * abs(kl - c), self.gamma * np.sign(kl - c) / n
 
     def _loss(self, x, target, eps, compute_grads):
+        """The objective on a batch and its gradient, as the derivation goes.
+
+        Forward (n rows; w = the KL weight beta, or the capacity term's slope):
+          1. mu, logvar = heads(encoder(x))                          _encode_batch
+          2. z = mu + sigma * eps,  sigma = exp(0.5 logvar)          losses.reparam_kl_forward
+             kl_ij = 0.5 (mu^2 + sigma^2 - 1 - logvar)              (the same fused call)
+          3. out = decoder(z)          logits (Bernoulli) or mean    _decoder_forward
+          4. loss = mean_i nll_i + w * mean_i sum_j kl_ij           _reconstruction, _kl_term
+        Backward, each line the reverse of the forward step with its number:
+          4. dout = (1/n) d nll_i / d out_i;   dkl_ij = w / n
+          3. dz = decoder backward of dout                           _decoder_backward
+          2. dmu = dz + dkl * mu                                     losses.reparam_kl_backward
+             dlogvar = 0.5 dz * eps * sigma + dkl * 0.5 (sigma^2 - 1)
+             (= reparameterize_backward + gaussian_kl_backward, the pairs above it)
+          1. dh = dmu @ W_mu.T + dlogvar @ W_logvar.T, then the
+             encoder backward of dh; every dW, db on the way          _encode_backward
+        """
         n = x.shape[0]
         mu, logvar, enc_caches, head_cache = self._encode_batch(x)
         if eps is None:
             eps = self._rng.standard_normal(mu.shape, dtype=self.dtype)
-        z, sigma, kl = kernels.reparam_kl_forward(mu, logvar, eps)
+        z, sigma, kl = losses.reparam_kl_forward(mu, logvar, eps)
         out, dec_caches = self._decoder_forward(z)
         nll, dout, extra = self._reconstruction(out, target, 1.0 / n)
         recon = float(nll.mean())
         kl_per_latent = kl.mean(axis=0)
         kl_total = float(kl_per_latent.sum())
-        kl_term, kl_scale = self._kl_term(kl_total, n)
+        kl_term, dkl = self._kl_term(kl_total, n)
         loss = recon + kl_term
         self.last_loss_parts_ = {"loss": loss, "recon": recon, "kl": kl_total,
                                  "kl_per_latent": kl_per_latent}
@@ -468,11 +429,8 @@ class VAE(_BaseModel):
             return loss, None
         grads = dict(extra)
         dz = self._decoder_backward(dout, dec_caches, grads)
-        dmu, dlogvar = kernels.reparam_kl_backward(dz, mu, eps, sigma, kl_scale)
-        need_dh = bool(enc_caches)
-        dh = self._heads_backward(dmu, dlogvar, head_cache, grads, need_dh)
-        if need_dh:
-            self._encoder_backward(dh, enc_caches, grads)
+        dmu, dlogvar = losses.reparam_kl_backward(dz, mu, eps, sigma, dkl)
+        self._encode_backward(dmu, dlogvar, enc_caches, head_cache, grads)
         return loss, {k: grads[k] for k in self.params}
 
 
@@ -484,6 +442,8 @@ class BetaVAE(VAE):
     capacity_max over ``capacity_steps`` training steps.
     """
 
+    short_name = "beta-vae"
+
     def __init__(self, input_dim, hidden=(400,), latent_dim=10, likelihood="bernoulli",
                  beta=4.0, activation="relu", dtype=np.float32, seed=0, obs_std=0.1,
                  alpha=0.01, capacity_max=None, capacity_steps=10000, gamma=100.0):
@@ -493,7 +453,7 @@ class BetaVAE(VAE):
             if not (isinstance(capacity_max, (int, float)) and capacity_max >= 0):
                 raise ValueError(f"capacity_max: expected a number >= 0 (nats), got {capacity_max!r}")
             self.capacity_max = float(capacity_max)
-        self.capacity_steps = _positive_int("capacity_steps", capacity_steps)
+        self.capacity_steps = _checks.positive_int("capacity_steps", capacity_steps)
         if not (isinstance(gamma, (int, float)) and gamma > 0):
             raise ValueError(f"gamma: expected a positive number, got {gamma!r}")
         self.gamma = float(gamma)
@@ -523,6 +483,8 @@ class BetaTCVAE(VAE):
     The analytic KL is still computed for the history, the KL bars and active units.
     """
 
+    short_name = "beta-tcvae"
+
     def __init__(self, input_dim, hidden=(400,), latent_dim=10, likelihood="bernoulli",
                  alpha=1.0, beta=6.0, gamma=1.0, dataset_size=None, estimator="mss",
                  activation="relu", dtype=np.float32, seed=0, obs_std=0.1, leaky_slope=0.01):
@@ -535,8 +497,8 @@ class BetaTCVAE(VAE):
         if estimator not in losses.TC_ESTIMATORS:
             raise ValueError(f"estimator: expected one of {losses.TC_ESTIMATORS}, got {estimator!r}")
         self.estimator = estimator
-        self.dataset_size = None if dataset_size is None else _positive_int("dataset_size",
-                                                                            dataset_size)
+        self.dataset_size = (None if dataset_size is None
+                             else _checks.positive_int("dataset_size", dataset_size))
         self._log_weights = {}
 
     def get_config(self):
@@ -548,7 +510,7 @@ class BetaTCVAE(VAE):
     def fit(self, X, *args, **kwargs):
         """As VAE.fit; a model built with dataset_size=None takes N = len(X) here."""
         if self.dataset_size is None and hasattr(X, "__len__"):
-            self.dataset_size = _positive_int("dataset_size", len(X))
+            self.dataset_size = _checks.positive_int("dataset_size", len(X))
         return super().fit(X, *args, **kwargs)
 
     def penalty_weight(self, step=None):
@@ -570,18 +532,38 @@ class BetaTCVAE(VAE):
         return self._log_weights[batch_size]
 
     def _loss(self, x, target, eps, compute_grads):
+        """The objective on a batch and its gradient, as the derivation goes.
+
+        Forward (n rows; w = the warm-up weight, 1 after it):
+          1. mu, logvar = heads(encoder(x))                          _encode_batch
+          2. z = mu + sigma * eps (and the analytic KL, for the history)
+                                                                     losses.reparam_kl_forward
+          3. out = decoder(z)                                        _decoder_forward
+          4. penalty = w [alpha MI + beta TC + gamma dim-wise KL], from the (n, n, d)
+             matrix log q(z_ik | x_j)                                losses.tc_penalty_forward
+          5. loss = mean_i nll_i + penalty                           _reconstruction
+        Backward:
+          5. dout = (1/n) d nll_i / d out_i
+          3. dz = decoder backward of dout                           _decoder_backward
+          4. the penalty's own dz, dmu, dlogvar: through each logsumexp (its softmax
+             weights) to log q(z_ik | x_j), then to z_i, mu_j, logvar_j
+                                                                     losses.tc_penalty_backward
+          2. dmu = dz_total + dmu_penalty,
+             dlogvar = 0.5 dz_total * eps * sigma + dlogvar_penalty  losses.reparam_kl_backward
+             (with the analytic KL's weight 0: the penalty replaces it)
+          1. heads and encoder backward                              _encode_backward
+        """
         n = x.shape[0]
         mu, logvar, enc_caches, head_cache = self._encode_batch(x)
         if eps is None:
             eps = self._rng.standard_normal(mu.shape, dtype=self.dtype)
-        z, sigma, kl = kernels.reparam_kl_forward(mu, logvar, eps)
+        z, sigma, kl = losses.reparam_kl_forward(mu, logvar, eps)
         out, dec_caches = self._decoder_forward(z)
         nll, dout, extra = self._reconstruction(out, target, 1.0 / n)
         recon = float(nll.mean())
-        weight = self.penalty_weight()
+        w = self.penalty_weight()
         penalty, parts, tc_cache = losses.tc_penalty_forward(
-            z, mu, logvar, self.log_weights(n), weight * self.alpha, weight * self.beta,
-            weight * self.gamma)
+            z, mu, logvar, self.log_weights(n), w * self.alpha, w * self.beta, w * self.gamma)
         loss = recon + penalty
         kl_per_latent = kl.mean(axis=0)
         self.last_loss_parts_ = {"loss": loss, "recon": recon, "kl": float(kl_per_latent.sum()),
@@ -589,44 +571,25 @@ class BetaTCVAE(VAE):
         if not compute_grads:
             return loss, None
         grads = dict(extra)
-        # backward: the decoder gives dz; the penalty adds to dz and acts on mu and logvar
-        # directly (through every posterior j in its logsumexps); then z = mu + sigma eps
         dz = self._decoder_backward(dout, dec_caches, grads)
         dz_penalty, dmu_penalty, dlogvar_penalty = losses.tc_penalty_backward(1.0, tc_cache)
-        dmu, dlogvar = kernels.reparam_kl_backward(dz + dz_penalty, mu, eps, sigma, 0.0)
-        need_dh = bool(enc_caches)
-        dh = self._heads_backward(dmu + dmu_penalty, dlogvar + dlogvar_penalty, head_cache,
-                                  grads, need_dh)
-        if need_dh:
-            self._encoder_backward(dh, enc_caches, grads)
+        dmu, dlogvar = losses.reparam_kl_backward(dz + dz_penalty, mu, eps, sigma, 0.0)
+        self._encode_backward(dmu + dmu_penalty, dlogvar + dlogvar_penalty, enc_caches,
+                              head_cache, grads)
         return loss, {k: grads[k] for k in self.params}
 
 
+#: every model class by class name: checkpoints (io.load) and the CLI (run.MODELS) read it
 MODELS = {"Autoencoder": Autoencoder, "VAE": VAE, "BetaVAE": BetaVAE, "BetaTCVAE": BetaTCVAE}
 
 
-@contextlib.contextmanager
-def deferred_interrupt():
-    """Turn Ctrl-C into a flag checked between steps, so a step is never half-applied.
+def load(path):
+    """Load a model saved by ``model.save`` / ``tv.save``, training state included.
 
-    Yields a dict whose "hit" entry becomes True on SIGINT. Outside the main
-    thread (where signal handlers cannot be set) the flag never changes.
+    Raises FileNotFoundError for a missing file and ValueError for a truncated,
+    corrupted, foreign or newer-format file, naming what is wrong.
     """
-    flag = {"hit": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag["hit"]:  # a second Ctrl-C means: stop now
-            raise KeyboardInterrupt
-        flag["hit"] = True
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return io.load(path, MODELS)
 
 
-__all__ = ["Autoencoder", "VAE", "BetaVAE", "BetaTCVAE", "MODELS"]
+__all__ = ["Autoencoder", "VAE", "BetaVAE", "BetaTCVAE", "MODELS", "load"]

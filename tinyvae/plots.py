@@ -31,7 +31,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from tinyvae import metrics
+from tinyvae import _checks, metrics
 from tinyvae.io import atomic_path
 
 __all__ = [
@@ -166,7 +166,7 @@ def show_images(images, image_shape=None, n_cols: int = 8, title: str | None = N
         raise ValueError(f"images: expected shape (n, H, W) or (n, H*W), got {images.shape}")
     if len(images) == 0:
         raise ValueError("images: expected at least one image, got 0")
-    n_cols = metrics._check_positive_int(n_cols, "n_cols")
+    n_cols = _checks.int_at_least("n_cols", n_cols)
     fig, *_ = _mosaic_figure(images, min(n_cols, len(images)), title)
     return _finish(fig, path)
 
@@ -178,8 +178,8 @@ def reconstructions(model, X, image_shape, n: int = 8, n_cols: int = 8,
     The reconstruction is the decoder mean at the posterior mean, with no sampling.
     """
     image_shape = _check_image_shape(image_shape, model.input_dim)
-    n = metrics._check_positive_int(n, "n")
-    n_cols = min(metrics._check_positive_int(n_cols, "n_cols"), n)
+    n = _checks.int_at_least("n", n)
+    n_cols = min(_checks.int_at_least("n_cols", n_cols), n)
     X = np.asarray(X)[:n]
     recon = model.decode(metrics.latent_means(model, X).astype(model.dtype))
     inputs, outputs = _as_images(X, image_shape), _as_images(recon, image_shape)
@@ -203,10 +203,10 @@ def prior_samples(model, image_shape, n: int = 64, n_cols: int = 8, seed=0,
     Shows decoder means (pixel probabilities for a Bernoulli decoder), not noisy draws.
     """
     image_shape = _check_image_shape(image_shape, model.input_dim)
-    n = metrics._check_positive_int(n, "n")
+    n = _checks.int_at_least("n", n)
     z = np.random.default_rng(seed).standard_normal((n, model.latent_dim))
     images = _as_images(model.decode(z.astype(model.dtype)), image_shape)
-    fig, *_ = _mosaic_figure(images, min(metrics._check_positive_int(n_cols, "n_cols"), n),
+    fig, *_ = _mosaic_figure(images, min(_checks.int_at_least("n_cols", n_cols), n),
                              title="samples from the prior")
     return _finish(fig, path)
 
@@ -237,7 +237,7 @@ def _traversal_plan(model, x, X, kl, max_latents):
     else:
         order = np.arange(d)
     if max_latents is not None:
-        order = order[:metrics._check_positive_int(max_latents, "max_latents")]
+        order = order[:_checks.int_at_least("max_latents", max_latents)]
     return base, order, kl
 
 
@@ -268,7 +268,7 @@ def latent_traversal(model, image_shape, x=None, X=None, kl=None, span: float = 
     the row labels, e.g. the factor each latent carries ({3: "pos_x"}).
     """
     image_shape = _check_image_shape(image_shape, model.input_dim)
-    n_steps = metrics._check_positive_int(n_steps, "n_steps", minimum=2)
+    n_steps = _checks.int_at_least("n_steps", n_steps, minimum=2)
     if not span > 0:
         raise ValueError(f"span: expected a number > 0, got {span}")
     base, order, kl = _traversal_plan(model, x, X, kl, max_latents)
@@ -295,8 +295,8 @@ def traversal_gif(model, image_shape, path, x=None, X=None, kl=None, span: float
     image_shape = _check_image_shape(image_shape, model.input_dim)
     if Path(path).suffix.lower() != ".gif":
         raise ValueError(f"path: expected a .gif file, got {str(path)!r}")
-    n_frames = metrics._check_positive_int(n_frames, "n_frames", minimum=2)
-    fps = metrics._check_positive_int(fps, "fps")
+    n_frames = _checks.int_at_least("n_frames", n_frames, minimum=2)
+    fps = _checks.int_at_least("fps", fps)
     if not span > 0:
         raise ValueError(f"span: expected a number > 0, got {span}")
     base, order, kl = _traversal_plan(model, x, X, kl, max_latents)
@@ -353,7 +353,7 @@ def latent_manifold(model, image_shape, n: int = 20, path=None) -> Figure:
     if model.latent_dim != 2:
         raise ValueError(f"model.latent_dim: expected 2 for a 2-D manifold, got {model.latent_dim}")
     image_shape = _check_image_shape(image_shape, model.input_dim)
-    n = metrics._check_positive_int(n, "n", minimum=2)
+    n = _checks.int_at_least("n", n, minimum=2)
     inv_cdf = NormalDist().inv_cdf
     grid = np.array([inv_cdf(u) for u in np.linspace(0.05, 0.95, n)])
     z1, z2 = np.meshgrid(grid, grid[::-1])               # first row of the image: largest z2

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tinyvae import kernels, models, optim
 from tinyvae.io import atomic_path
 
 RUN_FORMAT = "tinyvae-run"
@@ -36,9 +37,13 @@ HISTORY_FILE = "history.csv"
 FIGURES_DIR = "figures"
 
 DATASETS = ("dsprites", "digits", "mnist", "fashion-mnist", "spiral")
-MODELS = ("ae", "vae", "beta-vae", "beta-tcvae")
-OPTIMIZERS = ("adam", "adagrad", "sgd")
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "softplus")
+#: --model NAME -> model class, from the one table in models.py
+MODEL_CLASSES = {cls.short_name: cls for cls in models.MODELS.values()}
+MODELS = tuple(MODEL_CLASSES)
+OPTIMIZERS = tuple(optim.OPTIMIZERS)
+#: hidden activations the CLI offers: the kernels' table without identity (a linear
+#: network) and sigmoid (saturates as a hidden layer); the library takes every one
+ACTIVATIONS = tuple(a for a in kernels.ACTIVATIONS if a not in ("identity", "sigmoid"))
 _DEFAULT_LR = {"adam": 1e-3, "adagrad": 1e-2, "sgd": 1e-2}
 
 #: Per data set, the defaults of every training option. The dSprites entry is the
@@ -257,33 +262,30 @@ def load_data(config: dict, with_train: bool = True) -> RunData:
 
 def build_model(config: dict, input_dim: int):
     """A fresh model for the config (same seed, same initial parameters)."""
-    import tinyvae as tv
-
+    cls = MODEL_CLASSES[config["model"]]
     common = dict(input_dim=input_dim, hidden=tuple(config["hidden"]), latent_dim=config["latent"],
                   likelihood=config["likelihood"], activation=config["activation"],
                   seed=config["seed"])
     if config["likelihood"] == "gaussian":
         common["obs_std"] = SPIRAL_OBS_STD
-    if config["model"] == "ae":
-        return tv.Autoencoder(**common)
-    if config["model"] == "vae":
-        return tv.VAE(beta=config["beta"], **common)
-    if config["model"] == "beta-tcvae":
-        return tv.BetaTCVAE(alpha=config["alpha"], beta=config["beta"], gamma=config["gamma"],
-                            dataset_size=config["n_train"], estimator=config["estimator"],
-                            **common)
-    extra = {}
-    if config["capacity"] is not None:
-        extra = dict(capacity_max=config["capacity"], capacity_steps=config["capacity_steps"],
-                     gamma=config["gamma"])
-    return tv.BetaVAE(beta=config["beta"], **common, **extra)
+    if cls is models.Autoencoder:
+        return cls(**common)
+    if cls is models.VAE:
+        return cls(beta=config["beta"], **common)
+    if cls is models.BetaVAE:
+        extra = {}
+        if config["capacity"] is not None:
+            extra = dict(capacity_max=config["capacity"], capacity_steps=config["capacity_steps"],
+                         gamma=config["gamma"])
+        return cls(beta=config["beta"], **common, **extra)
+    if cls is models.BetaTCVAE:
+        return cls(alpha=config["alpha"], beta=config["beta"], gamma=config["gamma"],
+                   dataset_size=config["n_train"], estimator=config["estimator"], **common)
+    raise RunError(f"model: {config['model']!r} has no recipe in run.build_model yet")
 
 
 def build_optimizer(config: dict):
-    import tinyvae as tv
-
-    cls = {"adam": tv.Adam, "adagrad": tv.Adagrad, "sgd": tv.SGD}[config["optimizer"]]
-    return cls(lr=config["lr"])
+    return optim.OPTIMIZERS[config["optimizer"]](lr=config["lr"])
 
 
 def total_steps(config: dict, n_train: int) -> int:
@@ -294,13 +296,8 @@ def total_steps(config: dict, n_train: int) -> int:
 
 
 def log_interval(steps: int, entries: int = 100) -> int:
-    """The largest divisor of ``steps`` giving at least ``entries`` log entries.
-
-    A divisor, so that the last log entry falls exactly on the last step, which is
-    where the run stops (fit has no step limit of its own).
-    """
-    limit = max(1, steps // entries)
-    return max(k for k in range(1, limit + 1) if steps % k == 0)
+    """Steps between log entries for at least ``entries`` of them (fit also logs the last step)."""
+    return max(1, steps // entries)
 
 
 # ---------------------------------------------------------------------------------------
@@ -418,15 +415,15 @@ def write_history(folder: Path, history: dict, latent_dim: int) -> Path:
 # ---------------------------------------------------------------------------------------
 
 
-class _StepLimit(Exception):
-    """Raised from fit's callback at the last step: fit has no step limit of its own."""
-
-
 def stop_at(steps: int):
-    """fit's callback: end training once the model has taken ``steps`` steps."""
+    """The callback train_run gives fit for a run of ``steps`` steps (the tests wrap it).
+
+    fit(steps=...) stops the run itself; this checks, at every log entry, that no step
+    went past the budget, which a resumed run with a wrong position would do.
+    """
     def callback(model, entry):
-        if model.step_ >= steps:
-            raise _StepLimit
+        if model.step_ > steps:
+            raise RunError(f"training went past its budget: step {model.step_} of {steps}")
 
     return callback
 
@@ -452,7 +449,6 @@ def train_run(folder: Path, config: dict, resume: bool, progress: bool = True,
     folder = Path(folder)
     data = load_data(config)
     steps = total_steps(config, len(data.X))
-    epochs = math.ceil(steps / math.ceil(len(data.X) / config["batch_size"]))
     if resume:
         model = load_model(folder)
         if model.step_ >= steps:
@@ -467,7 +463,7 @@ def train_run(folder: Path, config: dict, resume: bool, progress: bool = True,
     # a process killed outright (no Ctrl-C) leaves "running" behind: its last checkpoint stands
     write_status(folder, **{**previous, "state": "running"})
 
-    fit_args = dict(epochs=epochs, progress=progress, log_every=log_interval(steps),
+    fit_args = dict(steps=steps, progress=progress, log_every=log_interval(steps),
                     callback=stop_at(steps))
     if not resume:
         fit_args.update(batch_size=config["batch_size"], optimizer=build_optimizer(config),
@@ -475,8 +471,6 @@ def train_run(folder: Path, config: dict, resume: bool, progress: bool = True,
     state = "finished"
     try:
         model.fit(data.X, resume=resume, **fit_args)
-    except _StepLimit:
-        pass
     except KeyboardInterrupt:
         state = "interrupted"
     seconds = previous.get("train_seconds", 0.0) + time.perf_counter() - start

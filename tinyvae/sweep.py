@@ -53,7 +53,7 @@ def train_and_report(config: dict, folder: str, threads: int) -> dict:
     A plain function of picklable arguments, so any joblib backend can run it.
     """
     from tinyvae import report as reports
-    from tinyvae._numba import set_num_threads
+    from tinyvae._backend.numba_flags import set_num_threads
 
     start = time.perf_counter()
     set_num_threads(threads)

@@ -9,11 +9,39 @@ and ends with bit-for-bit the same parameters as a run straight through.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+
 import numpy as np
 from tqdm import tqdm
 
-from tinyvae.models import _as_batch, _positive_int, deferred_interrupt
+from tinyvae import _checks
 from tinyvae.optim import Adam, Optimizer
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Turn Ctrl-C into a flag checked between steps, so a step is never half-applied.
+
+    Yields a dict whose "hit" entry becomes True on SIGINT. Outside the main
+    thread (where signal handlers cannot be set) the flag never changes.
+    """
+    flag = {"hit": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["hit"]:  # a second Ctrl-C means: stop now
+            raise KeyboardInterrupt
+        flag["hit"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _Accumulator:
@@ -76,9 +104,10 @@ class _FiniteCheck:
         return bool(np.isfinite(np.dot(flat, zeros)))
 
 
-def _start_state(seed, epochs, batch_size, kl_warmup_steps):
+def _start_state(seed, epochs, batch_size, kl_warmup_steps, start_step):
     return {
         "seed": int(seed), "epochs": int(epochs), "batch_size": int(batch_size),
+        "start_step": int(start_step),
         "kl_warmup_steps": int(kl_warmup_steps), "epoch": 0, "batch": 0,
         "rng": np.random.default_rng(seed).bit_generator.state,
         "accumulator": None,
@@ -86,13 +115,16 @@ def _start_state(seed, epochs, batch_size, kl_warmup_steps):
 
 
 def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=True,
-          kl_warmup_steps=0, corrupt=None, resume=False, log_every=None, callback=None):
+          kl_warmup_steps=0, corrupt=None, resume=False, log_every=None, callback=None,
+          steps=None):
     """Minibatch training; see :meth:`tinyvae.models._BaseModel.fit` for the arguments."""
     X = model._check_x(X, "X")
-    epochs = _positive_int("epochs", epochs)
-    batch_size = _positive_int("batch_size", batch_size)
+    epochs = _checks.positive_int("epochs", epochs)
+    if steps is not None:
+        steps = _checks.positive_int("steps", steps)
+    batch_size = _checks.positive_int("batch_size", batch_size)
     if log_every is not None:
-        log_every = _positive_int("log_every", log_every)
+        log_every = _checks.positive_int("log_every", log_every)
     if kl_warmup_steps < 0:
         raise ValueError(f"kl_warmup_steps: expected >= 0, got {kl_warmup_steps!r}")
     if optimizer is not None and not isinstance(optimizer, Optimizer):
@@ -107,7 +139,7 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
         opt = model.optimizer_
         batch_size = state["batch_size"]
     else:
-        state = _start_state(seed, epochs, batch_size, kl_warmup_steps)
+        state = _start_state(seed, epochs, batch_size, kl_warmup_steps, model.step_)
         opt = optimizer if optimizer is not None else Adam(lr=1e-3)
         model.optimizer_ = opt
         model.train_state_ = state
@@ -120,7 +152,11 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
     rng.bit_generator.state = state["rng"]
     acc = _Accumulator(model.latent_dim, state["accumulator"])
     all_finite = _FiniteCheck()
-    remaining = max(0, (epochs - state["epoch"]) * n_batches - state["batch"])
+    # the step at which this run stops: its step budget, or the end of its last epoch
+    start_step = state.get("start_step", 0)  # checkpoints from before fit had steps=: 0
+    last_step = (start_step + steps if steps is not None
+                 else model.step_ + (epochs - state["epoch"]) * n_batches - state["batch"])
+    remaining = max(0, last_step - model.step_)
     bar = tqdm(total=remaining, disable=not progress, desc=type(model).__name__, leave=False)
 
     def log(epoch):
@@ -133,10 +169,10 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
 
     try:
         with deferred_interrupt() as interrupt:
-            while state["epoch"] < epochs:
+            while model.step_ < last_step:
                 epoch = state["epoch"]
                 order = np.random.default_rng([state["seed"], epoch]).permutation(n)
-                while state["batch"] < n_batches:
+                while state["batch"] < n_batches and model.step_ < last_step:
                     b = state["batch"]
                     target = X[order[b * batch_size:(b + 1) * batch_size]]
                     inputs = target if corrupt is None else _corrupted(corrupt, target, rng, model)
@@ -160,13 +196,18 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
                     bar.update(1)
                     if model.step_ % 20 == 0:
                         bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
-                    if log_every is not None and model.step_ % log_every == 0:
+                    at_budget = steps is not None and model.step_ == last_step
+                    if log_every is not None and (model.step_ % log_every == 0 or at_budget):
                         log(epoch + (b + 1) / n_batches)
                     if interrupt["hit"]:
                         raise KeyboardInterrupt
+                if state["batch"] < n_batches:
+                    break  # the step budget ran out inside the epoch: it resumes here
                 state["epoch"], state["batch"] = epoch + 1, 0
                 if log_every is None:
                     log(epoch + 1)
+            if log_every is None and acc.count:  # the steps since the last epoch's end
+                log(state["epoch"] + state["batch"] / n_batches)
     finally:
         bar.close()
         state["rng"] = rng.bit_generator.state
@@ -176,4 +217,4 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
 
 def _corrupted(corrupt, target, rng, model):
     noisy = corrupt(target.copy(), rng)
-    return _as_batch("corrupt(x, rng)", noisy, model.input_dim, model.dtype)
+    return _checks.as_batch("corrupt(x, rng)", noisy, model.input_dim, model.dtype)

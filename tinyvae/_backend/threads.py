@@ -21,7 +21,7 @@ OpenMP runtimes do (GOMP_SPINCOUNT); the price is a core kept busy for a
 millisecond after the last parallel call.
 
 The thread count is Numba's (``numba.set_num_threads`` or
-``tinyvae._numba.set_num_threads``), so one knob controls every kernel.
+``tinyvae._backend.numba_flags.set_num_threads``), so one knob controls every kernel.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from tinyvae._numba import njit
-from tinyvae._simd import _indexed_pointer
+from tinyvae._backend.numba_flags import njit
+from tinyvae._backend.simd import _indexed_pointer
 
 #: pause-loop iterations a worker spins before it sleeps: ~1 ms here (a pause takes
 #: ~25 ns on this Zen core; newer cores vary from a few ns to ~40 ns)

@@ -4,7 +4,7 @@ Each kernel makes one pass over its inputs and writes every output in that pass
 (the NumPy references in :mod:`tinyvae.kernels` make one pass per operation).
 Arrays are contiguous; 2-D kernels take (n, d) arrays, the rest 1-D views.
 
-exp and log1p come from :mod:`tinyvae._simd` (``exp_nonpositive``,
+exp and log1p come from :mod:`tinyvae._backend.simd` (``exp_nonpositive``,
 ``log1p_unit``): written as plain arithmetic, they vectorise where a call to
 libm's expf / log1pf (~20 ns per element) would not.
 
@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import math
 
-from tinyvae._numba import njit
-from tinyvae._simd import exp_nonpositive, lanes, log1p_unit, scalar_like, vload, vstore
+from tinyvae._backend.activations import ACTIVATION_CODES
+from tinyvae._backend.numba_flags import njit
+from tinyvae._backend.simd import exp_nonpositive, lanes, log1p_unit, scalar_like, vload, vstore
 
-IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = range(6)
+IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = (
+    ACTIVATION_CODES[name]
+    for name in ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus"))
 #: the Bernoulli kernel splits rows over threads above this many elements (below
 #: it handing work to a thread costs more than it saves)
 PARALLEL_MIN_SIZE = 1 << 16

@@ -4,11 +4,11 @@
 arrange memory (contiguous views, output arrays, scalars cast to the arrays'
 dtype, one thread or all) and hand over to the compiled kernels in
 
-* :mod:`tinyvae._gemm`    packed, register-tiled GEMM with a bias + activation epilogue,
-* :mod:`tinyvae._fused`   single-pass activations, Bernoulli NLL, reparameterization + KL,
-* :mod:`tinyvae._tc`      the (B, B, d) pass of the total-correlation estimators,
-* :mod:`tinyvae._updates` vectorised Adam / SGD / Adagrad steps,
-* :mod:`tinyvae._simd`    the 256-bit vector type and operations they are written with.
+* :mod:`tinyvae._backend.gemm`    packed, register-tiled GEMM with a bias + activation epilogue,
+* :mod:`tinyvae._backend.fused`   single-pass activations, Bernoulli NLL, reparameterization + KL,
+* :mod:`tinyvae._backend.tc`      the (B, B, d) pass of the total-correlation estimators,
+* :mod:`tinyvae._backend.updates` vectorised Adam / SGD / Adagrad steps,
+* :mod:`tinyvae._backend.simd`    the 256-bit vector type and operations they are written with.
 
 Results never depend on the number of threads: threads split outputs, never sums.
 """
@@ -19,10 +19,12 @@ import math
 
 import numpy as np
 
-from tinyvae import _fused, _tc, _updates
-from tinyvae._gemm import gemm, gemm_into
-from tinyvae._simd import VECTOR_BYTES
-from tinyvae._threads import num_threads, run_parts, split
+from tinyvae._backend import fused as _fused
+from tinyvae._backend import tc as _tc
+from tinyvae._backend import updates as _updates
+from tinyvae._backend.gemm import gemm, gemm_into
+from tinyvae._backend.simd import VECTOR_BYTES
+from tinyvae._backend.threads import num_threads, run_parts, split
 
 _LOG_2PI = math.log(2 * math.pi)
 

@@ -7,14 +7,14 @@ calls sqrt scalar, and Adam over the 653k parameters of the canonical VAE went
 from ~2.0 ms (scalar Numba) to ~0.3 ms with vectors (PERF_NOTES).
 
 Every scalar argument arrives cast to the arrays' dtype, so float32 stays float32.
-Large arrays are cut into chunks over threads (tinyvae._threads); elements are independent, so the
-result does not depend on the split.
+Large arrays are cut into chunks over threads (tinyvae._backend.threads); elements are
+independent, so the result does not depend on the split.
 """
 
 from __future__ import annotations
 
-from tinyvae._numba import njit
-from tinyvae._simd import lanes, sqrt, vload, vstore
+from tinyvae._backend.numba_flags import njit
+from tinyvae._backend.simd import lanes, sqrt, vload, vstore
 
 #: arrays at least this long are updated by all threads (a hand-off costs ~10-30 us)
 PARALLEL_MIN_SIZE = 1 << 17

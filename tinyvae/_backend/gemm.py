@@ -16,7 +16,7 @@ The structure is the one BLIS and OpenBLAS use (Goto & van de Geijn 2008):
   lets one micro-kernel handle every tile.
 * The micro-kernel keeps an MR x NR = 6 x (2 vectors) tile of C in 12 ymm
   registers and, per step of k, does 2 vector loads of B, 6 broadcasts of A and
-  12 FMAs (:mod:`tinyvae._simd`). 12 accumulators + 2 B vectors + 1 broadcast
+  12 FMAs (:mod:`tinyvae._backend.simd`). 12 accumulators + 2 B vectors + 1 broadcast
   = 15 of the 16 ymm registers. A half-width 6 x (1 vector) kernel takes a last
   column panel at most one vector wide (n = 40 in float32 = 2 panels + 8
   columns), and when there are only a few column panels the rows of a
@@ -25,7 +25,7 @@ The structure is the one BLIS and OpenBLAS use (Goto & van de Geijn 2008):
 Determinism: every element of C is the sum over k in a fixed order (FMA chains
 within a k-block, blocks added in order), and the k-blocking depends only on k;
 packing or not, full or half kernel, the same FMAs run in the same order.
-Threads (:mod:`tinyvae._threads`) split C into disjoint tiles, never k, so the
+Threads (:mod:`tinyvae._backend.threads`) split C into disjoint tiles, never k, so the
 bits do not depend on the schedule, the tiling or even the number of threads.
 
 Compile time: there is one compiled entry point per dtype (``_gemm_tile``),
@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyvae._fused import IDENTITY, apply_activation
-from tinyvae._numba import njit
-from tinyvae._simd import (
+from tinyvae._backend.fused import IDENTITY, apply_activation
+from tinyvae._backend.numba_flags import njit
+from tinyvae._backend.simd import (
     VECTOR_BYTES,
     lanes,
     load,
@@ -52,7 +52,7 @@ from tinyvae._simd import (
     vstore,
     vzero,
 )
-from tinyvae._threads import num_threads, run_parts, split
+from tinyvae._backend.threads import num_threads, run_parts, split
 
 MR = 6  # rows of the register tile (the columns are two vectors: 16 float32 or 8 float64)
 NO_EPILOGUE = -1  # act code meaning "plain GEMM": no bias, no activation

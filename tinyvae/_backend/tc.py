@@ -15,7 +15,7 @@ the backward walks the pairs twice, by rows i for dz and by columns j for the
 posterior gradients: each output has one writer, and results do not depend on
 the number of threads.
 
-exp goes through :func:`tinyvae._simd.exp_nonpositive` (its argument is a - max <= 0),
+exp goes through :func:`tinyvae._backend.simd.exp_nonpositive` (its argument is a - max <= 0),
 which vectorises where a call to libm's exp does not.
 """
 
@@ -25,8 +25,8 @@ import math
 
 import numpy as np
 
-from tinyvae._numba import njit
-from tinyvae._simd import exp_nonpositive, scalar_like
+from tinyvae._backend.numba_flags import njit
+from tinyvae._backend.simd import exp_nonpositive, scalar_like
 
 
 @njit

@@ -1,0 +1,101 @@
+"""Argument validation shared by every module: models, training, metrics, plots, datasets, CLI.
+
+Each check takes ``(name, value, ...)``, returns the value in its canonical form,
+and otherwise raises an error whose message names the argument, what was expected
+and what was given. Bad input never reaches the maths.
+
+Three wordings exist because users already match them: the engine and the CLI say
+"batch_size: expected a positive integer, got 0"; metrics and plots, which take
+counts with larger minima, say "k: expected an int >= 2, got 1"; the data sets,
+like every data-set message, say "n must be a positive integer, got 0".
+
+This module imports nothing from tinyvae: anything may import it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def is_int(value) -> bool:
+    """True for Python and NumPy integers; False for bools (True is not a count)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def positive_int(name, value) -> int:
+    """value as an int >= 1, else ValueError "name: expected a positive integer, got v"."""
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def int_at_least(name, value, minimum=1) -> int:
+    """value as an int >= minimum; TypeError for a non-integer, ValueError below minimum."""
+    if not is_int(value):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def count(name, value) -> int:
+    """The data sets' wording of positive_int: "n must be a positive integer, got 0"."""
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def parse_int(text, minimum) -> int:
+    """A command-line integer >= minimum from its text; ValueError names what was typed.
+
+    The CLI's argparse types wrap this (argparse then prefixes the option's name).
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"expected {wanted}, got {text!r}")
+    return value
+
+
+def as_batch(name, x, width, dtype, unit_interval=False):
+    """Validate a (n, width) float batch and return it as a contiguous `dtype` array.
+
+    unit_interval: also require values in [0, 1] (the Bernoulli decoder's targets).
+    """
+    if isinstance(x, (list, tuple)):
+        x = np.asarray(x)
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array of shape (n, {width}), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one row, got an empty array {x.shape}")
+    if x.shape[1] != width:
+        raise ValueError(f"{name}: expected {width} columns, got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        hint = " (for images stored as 0..255 integers, divide by 255)" if np.issubdtype(
+            x.dtype, np.integer) else ""
+        raise TypeError(f"{name}: expected a float array, got dtype {x.dtype}{hint}")
+    x = np.ascontiguousarray(x, dtype=dtype)
+    finite = np.isfinite(x)
+    if not finite.all():
+        row = int(np.argwhere(~finite)[0, 0])
+        raise ValueError(f"{name}: expected finite values, got NaN or inf (first in row {row})")
+    if unit_interval:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"{name}: expected values in [0, 1] for a Bernoulli decoder, got range "
+                f"[{lo:.4g}, {hi:.4g}] (rescale the data, or use likelihood='gaussian')"
+            )
+    return x
+
+
+def one_of(name, value, choices):
+    """value if it is one of choices, else ValueError "name: expected one of (...), got v"."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
+    return value
