@@ -252,3 +252,21 @@ def test_rel_error_definition():
     assert abs(rel_error(np.array([1.0]), np.array([3.0])) - 0.5) < 1e-15
     with pytest.raises(ValueError, match="shape"):
         rel_error(np.ones(3), np.ones(4))
+
+
+def test_expect_close_passes_prints_and_names_a_constant_factor(capsys):
+    from tinyvae.gradcheck import expect_close
+
+    want = np.array([[1.0, -2.0], [0.5, 3.0]])
+    assert expect_close("dW", want + 1e-12, want) is None
+    assert "dW: rel_error" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match=r"^db: .*4 times the reference everywhere: divide by n$"):
+        expect_close("db", 4 * want, want, factors={4: "divide by n", 2: "a lost 1/2"})
+    with pytest.raises(AssertionError, match=r"0\.5 times the reference everywhere$"):
+        expect_close("kl", 0.5 * want, want, factors={4: "divide by n"})      # factor, but no hint for it
+    with pytest.raises(AssertionError, match=r"^dx: rel_error .* expected < 1e-08$"):
+        expect_close("dx", want * [[1.0, 2.0], [1.0, 1.0]], want)            # not a constant factor
+    with pytest.raises(AssertionError, match="expected finite numbers, got 1 inf or nan"):
+        expect_close("loss", [np.inf, 1.0], [1.0, 1.0])
+    with pytest.raises(AssertionError, match=r"expected shape \(2, 2\), got \(4,\)"):
+        expect_close("dx", want.ravel(), want)

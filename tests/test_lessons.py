@@ -187,3 +187,11 @@ def test_write_student_versions_and_cli(tmp_path, capsys):
 def test_unknown_lesson_name_is_a_clear_error():
     with pytest.raises(ValueError, match="expected one of"):
         lessons.write_student_versions("unused", ["99"])
+
+
+def test_first_hints_and_replace_solutions():
+    cell = "def f(x):\n    # BEGIN SOLUTION\n    # HINT: think\n    return 3 * x\n    # END SOLUTION\n" \
+           "# BEGIN SOLUTION\ny = 2\n# END SOLUTION"
+    assert lessons.first_hints(cell) == ["think", lessons.DEFAULT_HINT]
+    out = lessons.replace_solutions(cell, lambda k, block, ind: [f"{ind}# block {k}: {len(block)} lines"])
+    assert out == "def f(x):\n    # block 0: 2 lines\n# block 1: 1 lines"

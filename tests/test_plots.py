@@ -187,10 +187,11 @@ def test_latent_manifold_grid(tmp_path):
     assert_png(tmp_path / "m.png")
     tiles = mosaic_of(fig)
     assert tiles.shape == (5, 5, H, W)
-    # z1 (top half of each image) grows to the right, z2 (bottom half) grows upwards
+    # z0 (top half of each image) grows to the right, z1 (bottom half) grows upwards
     assert tiles[2, 0, :3].mean() < tiles[2, -1, :3].mean()
     assert tiles[0, 2, 3:].mean() > tiles[-1, 2, 3:].mean()
     assert tick_texts(fig.axes[0].get_xticklabels())[0] == "-1.6"        # Phi^-1(0.05)
+    assert (fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()) == ("z0", "z1")  # as in latent_scatter
     with pytest.raises(ValueError, match="latent_dim: expected 2"):
         plots.latent_manifold(RegionVAE(latent_dim=3), (H, W))
 

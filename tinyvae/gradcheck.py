@@ -101,3 +101,48 @@ def check_grads(model, x, eps=None, h=1e-5, names=None):
         num = numerical_grad(lambda _p: model.loss(x, eps=eps)[0], param, h)
         errors[name] = rel_error(grads[name], num)
     return errors
+
+
+def _constant_factor(got, want):
+    """r if got == r * want elementwise (to 1e-9 relative) for a scalar r != 1, else None."""
+    scale = float(np.vdot(want, want))
+    if scale == 0.0:
+        return None
+    r = float(np.vdot(got, want)) / scale
+    if not np.isfinite(r) or abs(r - 1.0) < 1e-9 or rel_error(got, r * want) > 1e-9:
+        return None
+    return r
+
+
+def expect_close(name, got, want, tol=1e-8, factors=None):
+    """Assert that a computed value matches an independent reference; say how it is wrong.
+
+    The check cells of the lessons compare a student's answer with a reference they did
+    not write (hard-coded numbers, the library, or quadrature), print one line
+    ``name: rel_error 1.2e-16 (expect < 1e-08)`` and raise AssertionError when the
+    answer is not finite, has another shape, or has rel_error >= tol. When the answer is
+    the reference times a constant r, the message says so, and ``factors`` (a dict
+    r -> hint) names the usual mistake behind each such r (a missing 1/n, a lost 1/2...).
+
+    Inputs:  name str; got, want arrays or floats; tol float; factors dict or None
+    Returns: None (a check cell's last line prints nothing more than the line above)
+    """
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        raise AssertionError(f"{name}: expected shape {want.shape}, got {got.shape}")
+    if not np.all(np.isfinite(got)):
+        raise AssertionError(f"{name}: expected finite numbers, got {int((~np.isfinite(got)).sum())} "
+                             "inf or nan (an exp or log that overflows?)")
+    err = rel_error(got, want)
+    print(f"{name}: rel_error {err:.1e}   (expect < {tol:.0e})")
+    if err < tol:
+        return
+    message = f"{name}: rel_error {err:.1e} against the reference, expected < {tol:.0e}"
+    r = _constant_factor(got, want)
+    if r is not None:
+        message += f"; yours is {r:.4g} times the reference everywhere"
+        for factor, hint in (factors or {}).items():
+            if np.isclose(r, factor, rtol=1e-6):
+                message += f": {hint}"
+    raise AssertionError(message)

@@ -202,13 +202,14 @@ def build(names=None) -> list[Path]:
 # ---------------------------------------------------------------------------
 
 
-def student_source(source: str) -> str:
-    """Replace every solution block of one code cell with ``raise NotImplementedError``.
+def replace_solutions(source: str, fill) -> str:
+    """Replace every solution block of one code cell by ``fill(k, block_lines, indent)``.
 
-    The block's first ``# HINT:`` lines become a comment and the error message.
-    Raises ValueError for a BEGIN without an END (or the reverse).
+    fill gets the block's number k (0, 1, ... within the cell), its lines (markers
+    excluded) and the indentation of its BEGIN marker, and returns the lines to put in
+    its place. Raises ValueError for a BEGIN without an END (or the reverse).
     """
-    out, block, indent = [], None, ""
+    out, block, indent, k = [], None, "", 0
     for line in source.split("\n"):
         begin = _BEGIN.match(line)
         if begin is not None:
@@ -219,12 +220,8 @@ def student_source(source: str) -> str:
         if _END.match(line):
             if block is None:
                 raise ValueError(f"{END_SOLUTION} without {BEGIN_SOLUTION} in:\n{source}")
-            hints = [b.strip()[len(HINT_PREFIX):].strip() for b in block
-                     if b.strip().startswith(HINT_PREFIX)]
-            hint = " ".join(hints) or DEFAULT_HINT
-            out.append(f"{indent}# TODO: {hint}")
-            out.append(f"{indent}raise NotImplementedError({hint!r})")
-            block = None
+            out.extend(fill(k, block, indent))
+            block, k = None, k + 1
             continue
         if block is not None:
             block.append(line)
@@ -233,6 +230,32 @@ def student_source(source: str) -> str:
     if block is not None:
         raise ValueError(f"{BEGIN_SOLUTION} without {END_SOLUTION} in:\n{source}")
     return "\n".join(out)
+
+
+def _hint_of(block):
+    hints = [b.strip()[len(HINT_PREFIX):].strip() for b in block if b.strip().startswith(HINT_PREFIX)]
+    return " ".join(hints) or DEFAULT_HINT
+
+
+def student_source(source: str) -> str:
+    """Replace every solution block of one code cell with ``raise NotImplementedError``.
+
+    The block's ``# HINT:`` lines (the first rung of the hint ladder: the idea, never
+    the formula) become a comment and the error message.
+    Raises ValueError for a BEGIN without an END (or the reverse).
+    """
+    def unsolved(_k, block, indent):
+        hint = _hint_of(block)
+        return [f"{indent}# TODO: {hint}", f"{indent}raise NotImplementedError({hint!r})"]
+
+    return replace_solutions(source, unsolved)
+
+
+def first_hints(source: str) -> list[str]:
+    """The first hint of each solution block of a code cell, in order."""
+    hints = []
+    replace_solutions(source, lambda _k, block, _indent: hints.append(_hint_of(block)) or [])
+    return hints
 
 
 def has_solution(source: str) -> bool:
@@ -376,6 +399,7 @@ def add_subparser(subparsers) -> None:
 
 __all__ = [
     "LESSON_NAMES", "lessons_dir", "parse_source", "build_notebook", "build",
-    "student_source", "student_notebook", "write_student_versions", "execute", "run",
+    "replace_solutions", "student_source", "first_hints",
+    "student_notebook", "write_student_versions", "execute", "run",
     "add_subparser",
 ]

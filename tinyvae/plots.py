@@ -348,7 +348,8 @@ def latent_manifold(model, image_shape, n: int = 20, path=None) -> Figure:
 
     A regular n x n grid on the unit square is mapped through the inverse Gaussian
     CDF, so equal areas of the grid hold equal prior mass; each cell is decode(z).
-    z1 grows to the right, z2 upwards. Needs latent_dim == 2.
+    z0 grows to the right, z1 upwards (latents are numbered from 0, as in
+    latent_scatter and the traversals). Needs latent_dim == 2.
     """
     if model.latent_dim != 2:
         raise ValueError(f"model.latent_dim: expected 2 for a 2-D manifold, got {model.latent_dim}")
@@ -356,8 +357,8 @@ def latent_manifold(model, image_shape, n: int = 20, path=None) -> Figure:
     n = _checks.int_at_least("n", n, minimum=2)
     inv_cdf = NormalDist().inv_cdf
     grid = np.array([inv_cdf(u) for u in np.linspace(0.05, 0.95, n)])
-    z1, z2 = np.meshgrid(grid, grid[::-1])               # first row of the image: largest z2
-    z = np.stack([z1.ravel(), z2.ravel()], axis=1)
+    z0, z1 = np.meshgrid(grid, grid[::-1])               # first row of the image: largest z1
+    z = np.stack([z0.ravel(), z1.ravel()], axis=1)
     images = _as_images(model.decode(z.astype(model.dtype)), image_shape)
     fig, ax, rows, cols = _mosaic_figure(images, n, "2-D latent manifold", extra_width=0.6)
     # ticks placed symmetrically, so the labels read -a .. +a like the grid itself
@@ -365,8 +366,8 @@ def latent_manifold(model, image_shape, n: int = 20, path=None) -> Figure:
     ticks = sorted({0, quarter, n - 1 - quarter, n - 1} | ({n // 2} if n % 2 else set()))
     ax.set_xticks(cols[ticks], [f"{grid[i]:+.1f}" for i in ticks])
     ax.set_yticks(rows[ticks], [f"{grid[n - 1 - i]:+.1f}" for i in ticks])
-    ax.set_xlabel("z1")
-    ax.set_ylabel("z2")
+    ax.set_xlabel("z0")
+    ax.set_ylabel("z1")
     return _finish(fig, path)
 
 
