@@ -10,32 +10,20 @@ import math
 
 import numpy as np
 import pytest
+import test_metrics  # the fakes shared with the fast protocol's tests
 from scipy import stats
 
 from tinyvae import metrics
 from tinyvae._boosting import GradientBoosting
 
 
-class SpelledFactors:
-    """Image row f has a single lit pixel, at column = value of factor f."""
+class SpelledFactors(test_metrics.SpelledFactors):
+    """test_metrics' images that spell out their factors, with dSprites-like names."""
 
     factor_names = ("shape", "scale", "orientation")
 
-    def __init__(self, factor_sizes=(3, 4, 5)):
-        self.factor_sizes = tuple(factor_sizes)
-        self.resolution = max(max(factor_sizes), len(factor_sizes))
 
-    def render(self, classes):
-        classes = np.asarray(classes)
-        n, k = classes.shape
-        images = np.zeros((n, self.resolution, self.resolution), dtype=np.uint8)
-        images[np.arange(n)[:, None], np.arange(k)[None, :], classes] = 1
-        return images
-
-
-def read_factors(ds):
-    k, r = len(ds.factor_sizes), ds.resolution
-    return lambda X: X.reshape(len(X), r, r)[:, :k].argmax(axis=2).astype(np.float64)
+read_factors = test_metrics.perfect_encoder
 
 
 class PerfectVAE:
@@ -213,6 +201,23 @@ def test_mig_chen_matches_the_formula():
     z = mu + np.exp(0.5 * logvar) * np.random.default_rng(5).standard_normal(mu.shape)
     assert out["mig"] == pytest.approx(chen_mig_by_the_formula(mu, logvar, z, factors, (3, 4)),
                                        rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_compiled_mixture_entropy_matches_numpy(dtype):
+    rng = np.random.default_rng(6)
+    mu = rng.normal(size=(37, 3)).astype(dtype)
+    logvar = rng.uniform(-4, 1, size=(37, 3)).astype(dtype)
+    z = rng.normal(size=(11, 3)).astype(dtype)[:, ::-1]           # non-contiguous samples
+    np.testing.assert_allclose(metrics._entropy_of_mixture_kernel(z, mu, logvar),
+                               metrics._entropy_of_mixture(z.astype(float), mu.astype(float),
+                                                           logvar.astype(float), chunk=4),
+                               rtol=1e-5 if dtype == np.float32 else 1e-12)
+    one = metrics._entropy_of_mixture_kernel(z[:1], mu[:1], logvar[:1])
+    np.testing.assert_allclose(one, metrics._entropy_of_mixture(z[:1].astype(float),
+                                                                mu[:1].astype(float),
+                                                                logvar[:1].astype(float)),
+                               rtol=1e-5)
 
 
 def test_mig_chen_exact_cases():

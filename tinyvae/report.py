@@ -24,7 +24,7 @@ UNUSED_KL = 0.01
 #: --quick sizes of the disentanglement scores: (codes for mig / dci / sap, n_train, n_test)
 QUICK_SIZES = (2000, 60, 40)
 #: the disentanglement scores of a report, in the order report.md lists them
-SCORE_NAMES = (("mig", "MIG (20 bins, E[z|x] or z)"), ("mig_chen", "MIG, Chen et al.'s estimator"),
+SCORE_NAMES = (("mig", "MIG (20 bins)"), ("mig_chen", "MIG, Chen et al.'s estimator"),
                ("beta_vae", "beta-VAE metric"), ("factor_vae", "FactorVAE metric"),
                ("sap", "SAP"), ("dci_disentanglement", "DCI disentanglement"),
                ("dci_completeness", "DCI completeness"),
