@@ -893,19 +893,21 @@ def _entropy_of_mixture_kernel(z, mu, logvar):
     no (S, N, d) temporaries (a dSprites estimate is ~10^8 densities)."""
     n, d = mu.shape
     out = np.zeros(d)
-    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    log_q = np.empty(n)
     for j in range(d):
+        # per latent, contiguous: log N(z; mu_i, sigma_i^2) = log_norm_i - half_prec_i (z - mu_i)^2
+        centre = np.ascontiguousarray(mu[:, j])
+        half_prec = 0.5 * np.exp(-logvar[:, j])
+        log_norm = -0.5 * (math.log(2 * math.pi) + logvar[:, j])
         for s in range(z.shape[0]):
             m = -np.inf
+            for i in range(n):
+                diff = z[s, j] - centre[i]
+                log_q[i] = log_norm[i] - half_prec[i] * diff * diff
+                m = max(m, log_q[i])
             acc = 0.0
             for i in range(n):
-                diff = z[s, j] - mu[i, j]
-                log_q = -half_log_2pi - 0.5 * logvar[i, j] - 0.5 * diff * diff * math.exp(-logvar[i, j])
-                if log_q > m:
-                    acc = acc * math.exp(m - log_q) + 1.0
-                    m = log_q
-                else:
-                    acc += math.exp(log_q - m)
+                acc += math.exp(log_q[i] - m)
             out[j] -= m + math.log(acc) - math.log(n)
     return out / z.shape[0]
 
