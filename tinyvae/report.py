@@ -2,8 +2,11 @@
 
 Every number is computed on held-out data with fixed seeds, so ``tinyvae evaluate RUN``
 reproduces the report that ``tinyvae train`` wrote (timings aside). On dSprites the
-disentanglement scores come from :mod:`tinyvae.metrics`; the mutual information matrix
-behind MIG also says which latent encodes which factor.
+disentanglement scores come from :mod:`tinyvae.metrics` under one or more named protocols
+("fast", "disentanglement_lib"): report.json keeps each protocol's scores and settings
+under "disentanglement", their wall times under "score_seconds", and names the protocol
+of its top-level numbers in "protocol"; report.md tables them side by side. The mutual
+information matrix behind MIG also says which latent encodes which factor.
 """
 
 from __future__ import annotations
