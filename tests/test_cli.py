@@ -71,6 +71,33 @@ def test_evaluate_reproduces_the_report(tiny_run, tmp_path):
     assert FIGURES <= {p.name for p in (folder / "figures").iterdir()}
 
 
+def test_evaluate_states_the_protocol_of_every_number(tiny_run, tmp_path, capsys):
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_run, folder)
+    fast = json.loads((folder / "report.json").read_text())
+    assert fast["protocol"] == "fast" and set(fast["disentanglement"]) == {"fast"}
+    assert cli.main(["evaluate", str(folder), "--quiet", "--protocol", "both"]) == 0
+    rep = json.loads((folder / "report.json").read_text())
+    assert rep["protocol"] == "fast"
+    assert set(rep["disentanglement"]) == set(rep["score_seconds"]) == {
+        "fast", "disentanglement_lib"}
+    ref = rep["disentanglement"]["disentanglement_lib"]
+    assert ref["protocol"] == "disentanglement_lib" and ref["codes"] == "mean"
+    assert ref["settings"]["dci"]["classifier"] == "gradient_boosting"
+    assert rep["disentanglement"]["fast"]["mig"] == fast["mig"] == rep["mig"]
+    md = (folder / "report.md").read_text()
+    assert "| score | fast protocol | disentanglement_lib protocol |" in md
+    assert "disentanglement_lib protocol:" in capsys.readouterr().out
+    assert cli.main(["evaluate", str(folder), "--quiet", "--protocol",
+                     "disentanglement_lib", "--codes", "sampled"]) == 0
+    rep = json.loads((folder / "report.json").read_text())
+    assert rep["protocol"] == "disentanglement_lib" and rep["eval"]["codes"] == "sampled"
+    assert "sampled z ~ q(z|x) codes" in (folder / "report.md").read_text()
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", str(folder), "--protocol", "paper"])
+    assert "invalid choice: 'paper'" in capsys.readouterr().err
+
+
 def test_traverse_redraws_the_traversal(tiny_run, tmp_path, capsys):
     folder = tmp_path / "copy"
     shutil.copytree(tiny_run, folder)

@@ -333,9 +333,12 @@ def test_disentanglement_scores_and_sample_codes():
     np.testing.assert_array_equal(codes, factors)
     scores = metrics.disentanglement_scores(perfect_encoder(ds), ds, n=2000, n_train=100,
                                             n_test=50, batch_size=16)
-    assert set(scores) == {"beta_vae", "factor_vae", "mig", "dci_disentanglement",
-                           "dci_completeness", "dci_informativeness"}
-    assert min(scores.values()) > 0.95
+    assert set(scores) == {"protocol", "codes", "beta_vae", "factor_vae", "mig", "mig_chen",
+                           "sap", "dci_disentanglement", "dci_completeness",
+                           "dci_informativeness", "dci_informativeness_train", "seconds"}
+    assert scores["protocol"] == "fast" and scores["codes"] == "mean"
+    assert min(scores[key] for key in ("beta_vae", "factor_vae", "mig", "dci_disentanglement",
+                                       "dci_completeness", "dci_informativeness")) > 0.95
 
 
 @pytest.mark.parametrize("codes, factors, error, match", [
@@ -345,7 +348,7 @@ def test_disentanglement_scores_and_sample_codes():
     (np.full((10, 2), np.nan), np.zeros((10, 2), int), ValueError, "finite"),
 ])
 def test_codes_factors_validation(codes, factors, error, match):
-    for fn in (metrics.mig, metrics.dci):
+    for fn in (metrics.mig, metrics.dci, metrics.sap):
         with pytest.raises(error, match=match):
             fn(codes, factors)
 

@@ -258,13 +258,15 @@ def _fail(command, err) -> int:
     return 1
 
 
-def _report(model, data, config, folder, train_seconds, progress) -> int:
+def _report(model, data, config, folder, train_seconds, progress, protocols=("fast",),
+            codes="mean") -> int:
     from tinyvae import report as reports
 
     try:
         rep = reports.full_report(model, data, config, folder, train_seconds,
                                   time.perf_counter(), progress=progress,
-                                  quick=config.get("quick_eval", False))
+                                  quick=config.get("quick_eval", False),
+                                  protocols=protocols, codes=codes)
     except KeyboardInterrupt:
         print(f"\nevaluation interrupted; the checkpoint is saved. Redo it with:  "
               f"tinyvae evaluate {folder}", file=sys.stderr)
@@ -283,7 +285,14 @@ def summary(rep: dict) -> str:
              f"active units {num('active_units', 'd')}"]
     if rep.get("mig") is not None:
         lines.append(f"MIG {num('mig', '.3f')}  beta-VAE metric {num('beta_vae_score', '.3f')}  "
-                     f"FactorVAE metric {num('factor_vae_score', '.3f')}")
+                     f"FactorVAE metric {num('factor_vae_score', '.3f')}  "
+                     f"({rep['protocol']} protocol)")
+        for name, scores in rep.get("disentanglement", {}).items():
+            if name != rep["protocol"]:
+                lines.append(f"  {name} protocol: MIG {scores['mig']:.3f}  beta-VAE metric "
+                             f"{scores['beta_vae']:.3f}  FactorVAE metric "
+                             f"{scores['factor_vae']:.3f}  "
+                             f"({rep['score_seconds'][name]['total']:.0f} s)")
         pairs = ", ".join(f"{f} -> z{j}" for f, j in rep["factor_latent"].items())
         lines.append(f"top latent per factor: {pairs}")
     lines.append(f"wall time {rep['wall_seconds']:.0f} s (training {rep['train_seconds']:.0f} s, "
@@ -302,6 +311,13 @@ def _add_evaluate(sub):
                                     "folder from its checkpoint (same seeds, same numbers).")
     ev.add_argument("run", type=_run_folder, metavar="RUN", help="run folder of tinyvae train")
     ev.add_argument("--quick", action="store_true", help="small samples for the scores")
+    ev.add_argument("--protocol", choices=("fast", "disentanglement_lib", "both"), default="fast",
+                    help="metrics protocol of the disentanglement scores: fast (default, "
+                         "seconds), disentanglement_lib (the reference definitions and sizes of "
+                         "Locatello et al. 2019, a minute or two), or both side by side")
+    ev.add_argument("--codes", choices=("mean", "sampled"), default="mean",
+                    help="score E[z|x] (default, as disentanglement_lib) or one sampled z per "
+                         "image")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=_evaluate, parser=ev)
 
@@ -318,8 +334,12 @@ def _evaluate(args) -> int:
     except _data_errors() as err:
         return _fail("evaluate", err)
     config = {**config, "quick_eval": config.get("quick_eval", False) or args.quick}
+    protocols = ("fast", "disentanglement_lib") if args.protocol == "both" else (args.protocol,)
+    if args.codes == "sampled" and not getattr(model, "latent_noise", False):
+        args.parser.error("argument --codes: sampled codes need a VAE; this run's model has "
+                          "no posterior variance")
     return _report(model, data, config, args.run, status.get("train_seconds", 0.0),
-                   not args.quiet)
+                   not args.quiet, protocols=protocols, codes=args.codes)
 
 
 def _saved_report(folder) -> dict:

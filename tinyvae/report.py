@@ -2,8 +2,11 @@
 
 Every number is computed on held-out data with fixed seeds, so ``tinyvae evaluate RUN``
 reproduces the report that ``tinyvae train`` wrote (timings aside). On dSprites the
-disentanglement scores come from :mod:`tinyvae.metrics`; the mutual information matrix
-behind MIG also says which latent encodes which factor.
+disentanglement scores come from :mod:`tinyvae.metrics` under one or more named protocols
+("fast", "disentanglement_lib"): report.json keeps each protocol's scores and settings
+under "disentanglement", their wall times under "score_seconds", and names the protocol
+of its top-level numbers in "protocol"; report.md tables them side by side. The mutual
+information matrix behind MIG also says which latent encodes which factor.
 """
 
 from __future__ import annotations
@@ -21,16 +24,23 @@ from tinyvae.run import FIGURES_DIR, RunData, write_json
 EVAL_SEED = 0
 #: a latent whose mean KL is below this (nats) carries nothing: "unused"
 UNUSED_KL = 0.01
-#: images encoded for MIG / DCI, and the intervention points of the two classifier scores
-MIG_SAMPLES = 10_000
-SCORE_POINTS = (500, 250)      # (n_train, n_test) of beta_vae_score and factor_vae_score
+#: --quick sizes of the disentanglement scores: (codes for mig / dci / sap, n_train, n_test)
+QUICK_SIZES = (2000, 60, 40)
+#: the disentanglement scores of a report, in the order report.md lists them
+SCORE_NAMES = (("mig", "MIG (20 bins)"), ("mig_chen", "MIG, Chen et al.'s estimator"),
+               ("beta_vae", "beta-VAE metric"), ("factor_vae", "FactorVAE metric"),
+               ("sap", "SAP"), ("dci_disentanglement", "DCI disentanglement"),
+               ("dci_completeness", "DCI completeness"),
+               ("dci_informativeness", "DCI informativeness (test)"),
+               ("dci_informativeness_train", "DCI informativeness (train)"))
 #: held-out sprites whose reconstructions are checked for their shape (metrics.shape_fidelity)
 SHAPE_SAMPLES = 2000
 
-#: the keys report.json always has at its top level (None where a model has no such number)
+#: the keys report.json always has at its top level (None where a model has no such number);
+#: mig, beta_vae_score and factor_vae_score are those of report["protocol"]
 REPORT_KEYS = ("elbo", "recon", "kl", "kl_per_latent", "active_units", "mig",
-               "beta_vae_score", "factor_vae_score", "wall_seconds")
-TIMING_KEYS = ("wall_seconds", "train_seconds", "eval_seconds")
+               "beta_vae_score", "factor_vae_score", "protocol", "wall_seconds")
+TIMING_KEYS = ("wall_seconds", "train_seconds", "eval_seconds", "score_seconds")
 
 
 def _is_vae(model) -> bool:
@@ -38,41 +48,43 @@ def _is_vae(model) -> bool:
 
 
 def evaluate(model, data: RunData, config: dict, progress: bool = True,
-             quick: bool = False) -> dict:
+             quick: bool = False, protocols=("fast",), codes: str = "mean") -> dict:
     """Every number of the report except the timings.
 
     quick: smaller samples for the disentanglement scores (tests and smoke runs);
     recorded in the report, so a quick report is never mistaken for a full one.
+    protocols: the metrics protocols to score dSprites under ("fast",
+    "disentanglement_lib", see metrics.PROTOCOLS); the first gives the headline numbers.
+    codes: "mean" (E[z|x]) or "sampled" (z ~ q(z|x)) codes for the scores.
     """
-    n_mig = 2000 if quick else MIG_SAMPLES
-    n_train, n_test = (60, 40) if quick else SCORE_POINTS
-    stages = ["likelihood"] + (["mig", "beta-vae", "factor-vae", "shape"] if data.dsprites
-                               else [])
+    for protocol in protocols:
+        metrics._check_choice(protocol, "protocol", tuple(metrics.PROTOCOLS))
+    if not protocols:
+        raise ValueError("protocols: expected at least one protocol, got none")
+    stages = ["likelihood"] + (list(protocols) + ["shape"] if data.dsprites else [])
     bar = tqdm(stages, desc="evaluating", disable=not progress, leave=False)
     report = {key: None for key in REPORT_KEYS}
-    report["eval"] = {"examples": len(data.X_eval), "seed": EVAL_SEED, "quick": quick}
+    report["eval"] = {"examples": len(data.X_eval), "seed": EVAL_SEED, "quick": quick,
+                      "codes": codes}
     for stage in bar:
         bar.set_postfix_str(stage)
         if stage == "likelihood":
             report.update(_likelihood(model, data.X_eval))
-        elif stage == "mig":
-            report.update(_mig(model, data.dsprites, n_mig))
-            report["eval"]["mig_samples"] = n_mig
-        elif stage == "beta-vae":
-            report["beta_vae_score"] = metrics.beta_vae_score(
-                metrics.mean_encoder(model, 1024), data.dsprites, n_train, n_test,
-                seed=EVAL_SEED)
-            report["eval"]["score_points"] = [n_train, n_test]
-        elif stage == "shape":
+            continue
+        if stage == "shape":
             fidelity = metrics.shape_fidelity(model, data.dsprites, 300 if quick else SHAPE_SAMPLES,
                                               seed=EVAL_SEED)
             report["shape_kept"] = fidelity["shape_kept"]
             report["shape_iou"] = fidelity["iou"]
             report["shape_kept_per_shape"] = fidelity["per_shape"]
-        else:
-            report["factor_vae_score"] = metrics.factor_vae_score(
-                metrics.mean_encoder(model, 1024), data.dsprites, n_train, n_test,
-                seed=EVAL_SEED)
+            continue
+        scores = _disentanglement(model, data.dsprites, stage, codes, quick)
+        report.setdefault("disentanglement", {})[stage] = scores
+        # wall times apart from the numbers, so evaluate reproduces everything else
+        report.setdefault("score_seconds", {})[stage] = scores.pop("seconds")
+        if stage == protocols[0]:
+            report.update(_headline(scores, data.dsprites))
+        scores.pop("details")       # arrays: the headline protocol's are in report.json
     return report
 
 
@@ -93,14 +105,28 @@ def _likelihood(model, X):
     return out
 
 
-def _mig(model, dsprites, n):
-    codes, factors = metrics.sample_codes(metrics.mean_encoder(model, 1024), dsprites, n,
-                                          seed=EVAL_SEED)
-    details = metrics.mig_details(codes, factors)
+def _disentanglement(model, dsprites, protocol, codes, quick):
+    """The scores of one protocol, with their sizes, times and the MIG details."""
+    sizes = dict(zip(("n", "n_train", "n_test"), QUICK_SIZES, strict=True)) if quick else {}
+    start = time.perf_counter()
+    scores = metrics.disentanglement_scores(model, dsprites, protocol=protocol, codes=codes,
+                                            seed=EVAL_SEED, details=True, **sizes)
+    scores["seconds"]["total"] = round(time.perf_counter() - start, 2)
+    scores["settings"] = metrics.PROTOCOLS[protocol]
+    scores["sizes_overridden"] = sizes or None
+    return scores
+
+
+def _headline(scores, dsprites):
+    """The top-level numbers of report.json (those of the first protocol)."""
+    details = scores["details"]["mig"]
     names = list(dsprites.factor_names)
     gap = details["gap_per_factor"]
     top = details["top_latent"]
     return {
+        "protocol": scores["protocol"],
+        "beta_vae_score": scores["beta_vae"],
+        "factor_vae_score": scores["factor_vae"],
         "mig": details["mig"],
         "mig_per_factor": {f: _finite(gap[i]) for i, f in enumerate(names)},
         # the latent most informative about each factor: "which latent encodes what"
@@ -155,13 +181,12 @@ def markdown(report: dict) -> str:
             (r"reconstruction -log p(x\|z)", report["recon"], 2),
             (r"KL(q(z\|x) \|\| p(z))", report["kl"], 2),
             (r"active units (Var E[z\|x] > 0.01)", report["active_units"], 0)]
-    if report["mig"] is not None:
-        rows += [("MIG", report["mig"], 3), ("beta-VAE metric", report["beta_vae_score"], 3),
-                 ("FactorVAE metric", report["factor_vae_score"], 3)]
     if report.get("shape_kept") is not None:
         rows += [("reconstruction closest to its own shape (IoU; chance 0.33)",
                   report["shape_kept"], 3)]
     lines += [f"| {name} | {_fmt(value, digits)} |" for name, value, digits in rows]
+    if report.get("disentanglement"):
+        lines += ["", *scores_table(report)]
     if ev.get("quick"):
         lines += ["", "*Quick evaluation (small samples): the scores are rough.*"]
     if report.get("kl_per_latent") is not None:
@@ -178,6 +203,27 @@ def markdown(report: dict) -> str:
         if name in report.get("figures", []):
             lines += [f"**{caption}**", "", f"![{caption}]({FIGURES_DIR}/{name})", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def scores_table(report: dict) -> list[str]:
+    """The disentanglement scores, one column per protocol, each with its wall time."""
+    runs = report["disentanglement"]
+    names = list(runs)
+    codes = report["eval"].get("codes", "mean")
+    lines = ["## Disentanglement scores", "",
+             f"On {'E[z|x]' if codes == 'mean' else 'sampled z ~ q(z|x)'} codes of dSprites "
+             "images. Each column is one protocol (tinyvae.metrics.PROTOCOLS): 'fast' sizes "
+             "every score for a run of minutes; 'disentanglement_lib' reproduces the "
+             "definitions and sizes of Locatello et al. 2019, so its numbers sit beside a "
+             f"paper's. Headline numbers (report.json top level): {report['protocol']}.", "",
+             "| score | " + " | ".join(f"{n} protocol" for n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for key, label in SCORE_NAMES:
+        lines.append(f"| {label} | " + " | ".join(_fmt(runs[n].get(key)) for n in names) + " |")
+    seconds = report.get("score_seconds") or {}
+    lines.append("| wall time (s) | " + " | ".join(_fmt(seconds.get(n, {}).get("total"), 0)
+                                                   for n in names) + " |")
+    return lines
 
 
 def latent_factor_table(report: dict) -> list[str]:
@@ -329,11 +375,13 @@ def spiral_figure(model, data: RunData, path):
 
 
 def full_report(model, data: RunData, config: dict, folder, train_seconds: float,
-                clock_start: float, progress: bool = True, quick: bool = False) -> dict:
+                clock_start: float, progress: bool = True, quick: bool = False,
+                protocols=("fast",), codes: str = "mean") -> dict:
     """Evaluate, draw every figure, write report.json and report.md. Returns the report."""
     # the IWAE weights of unlikely samples underflow to 0 in exp: harmless, by design
     with np.errstate(under="ignore"):
-        report = evaluate(model, data, config, progress=progress, quick=quick)
+        report = evaluate(model, data, config, progress=progress, quick=quick,
+                          protocols=protocols, codes=codes)
     report["figures"] = write_figures(model, data, folder, report, progress=progress,
                                       quick=quick)
     eval_seconds = time.perf_counter() - clock_start
