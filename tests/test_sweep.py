@@ -60,6 +60,7 @@ def test_sweep_reproduces_single_runs(tmp_path, capsys):
     with open(root / "sweep.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [r["seed"] for r in rows] == ["0", "1"] and tuple(rows[0]) == sweep.COLUMNS
+    assert all(0 <= float(r["udr"]) <= 1 for r in rows)      # each run scored by the other
     assert (root / "sweep.png").stat().st_size > 0
     md = (root / "sweep.md").read_text()
     assert "| **min** |" in md and "| **max** |" in md

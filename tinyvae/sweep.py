@@ -5,7 +5,9 @@ from method to method (Locatello et al. 2019). ``tinyvae sweep --seeds 0-4
 [train options]`` trains one run folder per seed under a root folder and writes
 
     sweep.csv   one row per seed: the headline numbers of its report
-    sweep.md    the same table with the median, min and max of each column
+    sweep.md    the same table with the median, min and max of each column; the udr
+                column scores each run by how much the others agree with it, without
+                labels (Duan et al. 2020), to set beside its MIG
     sweep.png   every seed's MIG and per-factor gaps, so the spread is seen
 
 Runs are dispatched through joblib: two at a time on one thread each by
@@ -25,8 +27,10 @@ from tinyvae import run as runs
 
 #: the columns of sweep.csv / sweep.md, in order (per-factor gaps follow MIG)
 COLUMNS = ("seed", "mig", "gap_shape", "gap_scale", "gap_orientation", "gap_pos_x", "gap_pos_y",
-           "beta_vae_score", "factor_vae_score", "shape_kept", "recon", "kl", "active_units",
-           "wall_seconds")
+           "beta_vae_score", "factor_vae_score", "shape_kept", "udr", "recon", "kl",
+           "active_units", "wall_seconds")
+#: held-out inputs every model of the sweep encodes for UDR (disentanglement_lib uses 1,000)
+UDR_INPUTS = 1000
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -74,8 +78,28 @@ def run_sweep(config: dict, seeds, root, jobs: int = 2, threads: int = 1) -> lis
              for s in seeds]
     reports = Parallel(n_jobs=jobs)(tasks)
     rows = [table_row(s, rep) for s, rep in zip(seeds, reports, strict=True)]
+    for row, score in zip(rows, udr_scores([root / f"seed{s}" for s in seeds]), strict=True):
+        row["udr"] = score
     write_tables(root, rows, runs.describe({**config, "seed": seeds[0]}))
     return rows
+
+
+def udr_scores(folders) -> list:
+    """UDR (Duan et al. 2020) of each run among the others: model selection without labels.
+
+    Every model encodes the same UDR_INPUTS held-out inputs of its data; a sweep of one
+    run has no UDR (None). Returns one float (or None) per folder.
+    """
+    from tinyvae import metrics
+
+    if len(folders) < 2:
+        return [None] * len(folders)
+    models = [runs.load_model(f) for f in folders]
+    data = runs.load_data(runs.read_config(folders[0]), with_train=False)
+    X = data.X_eval[:UDR_INPUTS]
+    codes = [metrics.latent_means(m, X) for m in models]
+    kl = [metrics.kl_per_latent(m, X) for m in models]
+    return [float(v) for v in metrics.udr(codes, kl)["udr"]]
 
 
 def table_row(seed: int, report: dict) -> dict:
