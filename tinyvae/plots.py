@@ -275,9 +275,11 @@ def latent_traversal(model, image_shape, x=None, X=None, kl=None, span: float = 
     values = np.linspace(-span, span, n_steps)
     images = _traversal_images(model, image_shape, base, order, values)
     title = "latent traversal" + (", rows by KL (nats)" if kl is not None else "")
+    row_labels = [_row_label(j, kl, labels) for j in order]
+    # room on the left for the longest row label (~0.12 inch a character)
     fig, ax, rows, cols = _mosaic_figure(images.reshape(-1, *image_shape), n_steps, title,
-                                         extra_width=1.3)
-    ax.set_yticks(rows, [_row_label(j, kl, labels) for j in order])
+                                         extra_width=max(1.3, 0.12 * max(map(len, row_labels))))
+    ax.set_yticks(rows, row_labels)
     ax.set_xticks(cols, [f"{v:+.1f}" for v in values])
     ax.tick_params(length=0)
     return _finish(fig, path)
