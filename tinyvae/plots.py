@@ -24,6 +24,7 @@ a notebook shows a returned figure once, as the cell's value.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from statistics import NormalDist
 
@@ -578,7 +579,9 @@ def seed_spread(values, labels, seeds, path=None, title: str = "") -> Figure:
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylim(0, 1)
     ax.set_ylabel("score (MIG, or the factor's normalised gap)")
-    ax.set_title(title or "spread over seeds (bar: median)", fontsize=9)
+    # a sweep's title is a whole recipe: wrap it to the figure's width
+    ax.set_title(textwrap.fill(title, 110) if title else "spread over seeds (bar: median)",
+                 fontsize=8)
     ax.legend(fontsize=7, loc="upper right", ncols=2)
     return _finish(fig, path)
 

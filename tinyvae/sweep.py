@@ -80,7 +80,8 @@ def run_sweep(config: dict, seeds, root, jobs: int = 2, threads: int = 1) -> lis
     rows = [table_row(s, rep) for s, rep in zip(seeds, reports, strict=True)]
     for row, score in zip(rows, udr_scores([root / f"seed{s}" for s in seeds]), strict=True):
         row["udr"] = score
-    write_tables(root, rows, runs.describe({**config, "seed": seeds[0]}))
+    write_tables(root, rows, f"seeds {', '.join(map(str, seeds))} of "
+                             + runs.describe({**config, "seed": "S"}))
     return rows
 
 
