@@ -218,8 +218,9 @@ class _BaseModel:
         if not np.isfinite(loss):
             raise FloatingPointError(
                 f"x: the loss is {loss} for this batch (largest |x| = "
-                f"{float(np.abs(x).max()):.3g}): it overflows {self.dtype.name}; rescale the "
-                "data (e.g. to unit variance) or use a float64 model")
+                f"{float(np.abs(x).max()):.3g}): the computation overflows {self.dtype.name}; "
+                "rescale the data (e.g. to unit variance)"
+                + (" or use a float64 model" if self.dtype == np.float32 else ""))
         return loss, grads
 
     def _loss(self, x, target, eps, compute_grads):
