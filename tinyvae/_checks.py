@@ -38,6 +38,35 @@ def int_at_least(name, value, minimum=1) -> int:
     return int(value)
 
 
+def seed(name, value) -> int:
+    """value as an int >= 0 (a NumPy integer too), else ValueError naming the argument."""
+    if not is_int(value) or value < 0:
+        raise ValueError(f"{name}: expected an integer >= 0 (a seed), got {value!r}")
+    return int(value)
+
+
+def sizes(name, value) -> tuple:
+    """A positive int or a sequence of them (() for none), as a tuple of ints (layer widths)."""
+    if is_int(value):
+        value = (value,)
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        raise ValueError(f"{name}: expected a positive integer or a sequence of them, "
+                         f"got {value!r}")
+    return tuple(positive_int(name, v) for v in value)
+
+
+def number(name, value, minimum=None, strict=False) -> float:
+    """A finite real (Python or NumPy, not bool) as a float, optionally > or >= minimum."""
+    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_))
+    ok = real and np.isfinite(value) and (
+        minimum is None or (value > minimum if strict else value >= minimum))
+    if not ok:
+        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+        raise ValueError(f"{name}: expected a finite number{bound}, got {value!r}")
+    return float(value)
+
+
 def count(name, value) -> int:
     """The data sets' wording of positive_int: "n must be a positive integer, got 0"."""
     if not is_int(value) or value < 1:
@@ -79,11 +108,17 @@ def as_batch(name, x, width, dtype, unit_interval=False):
         hint = " (for images stored as 0..255 integers, divide by 255)" if np.issubdtype(
             x.dtype, np.integer) else ""
         raise TypeError(f"{name}: expected a float array, got dtype {x.dtype}{hint}")
-    x = np.ascontiguousarray(x, dtype=dtype)
     finite = np.isfinite(x)
     if not finite.all():
         row = int(np.argwhere(~finite)[0, 0])
         raise ValueError(f"{name}: expected finite values, got NaN or inf (first in row {row})")
+    given = x
+    with np.errstate(over="ignore"):
+        x = np.ascontiguousarray(x, dtype=dtype)
+    if not np.isfinite(x).all():   # finite before the cast: too large for dtype
+        raise ValueError(f"{name}: values up to {float(np.abs(given).max()):.3g} overflow "
+                         f"{np.dtype(dtype).name} (largest {np.finfo(dtype).max:.3g}); rescale "
+                         "the data or use a float64 model")
     if unit_interval:
         lo, hi = float(x.min()), float(x.max())
         if lo < 0 or hi > 1:

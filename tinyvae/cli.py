@@ -8,8 +8,10 @@ writes a run folder with its checkpoint, history, figures and report.
 from __future__ import annotations
 
 import argparse
-import shutil
+import contextlib
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +23,11 @@ from tinyvae import run as runs
 
 #: exit status after Ctrl-C, as a shell reports a process killed by SIGINT (128 + 2)
 EXIT_INTERRUPTED = 130
+#: exit statuses: a user error (bad option, unusable run folder), a failure of the run
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+#: after a stop on a signal: 128 + its number, as a shell reports it
+EXIT_SIGNAL = {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": 128 + signal.SIGTERM}
 #: options --resume accepts; everything else is fixed by the run's config.json
 _RESUME_OPTIONS = ("steps", "epochs", "quiet", "quick_eval", "no_report")
 #: training options whose defaults come from the data set's recipe (None = not given)
@@ -106,6 +113,9 @@ def _add_train(sub):
     out.add_argument("--no-report", action="store_true",
                      help="only train and checkpoint; write the report later with tinyvae evaluate")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
+    out.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                     help="save a checkpoint every N steps (default: 4 in a run, and one at "
+                          "least every 10 minutes)")
     train.set_defaults(func=_train, parser=train)
 
 
@@ -191,9 +201,17 @@ def _train_setup(args):
 
 
 def _check_out(parser, folder: Path, overwrite: bool, explicit: bool):
-    """Refuse to write over a run unless asked, and never over a folder that is not a run."""
+    """Refuse to write over a run unless asked, and never over a folder that is not a run.
+
+    Nothing is deleted here: train_run replaces an old run only once the new one has
+    written its first checkpoint.
+    """
     option = "--out" if explicit else "--out (default)"
     if not folder.exists():
+        blocker = next((p for p in folder.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            parser.error(f"argument {option}: {str(blocker)!r} is a file, so {str(folder)!r} "
+                         "cannot be created; choose another folder")
         return
     if not folder.is_dir():
         parser.error(f"argument {option}: {str(folder)!r} is a file, expected a folder")
@@ -201,18 +219,39 @@ def _check_out(parser, folder: Path, overwrite: bool, explicit: bool):
         if not overwrite:
             parser.error(f"argument {option}: {str(folder)!r} already holds a run; continue it "
                          f"with --resume {folder}, or pass --overwrite to start it again")
-        _clear_run(folder)
-    elif any(folder.iterdir()):
+    elif any(p.name not in (runs.LOCK_FILE, runs.PREVIOUS_DIR) for p in folder.iterdir()):
         parser.error(f"argument {option}: {str(folder)!r} is not empty and not a tinyvae run "
                      "folder; choose a new or empty folder")
 
 
-def _clear_run(folder: Path):
-    """Delete what a previous run wrote, so no stale file survives into the new run."""
-    for name in (runs.CONFIG_FILE, runs.STATUS_FILE, runs.CHECKPOINT_FILE, runs.HISTORY_FILE,
-                 "report.json", "report.md"):
-        (folder / name).unlink(missing_ok=True)
-    shutil.rmtree(folder / runs.FIGURES_DIR, ignore_errors=True)
+def _stop_on_sigterm(signum, frame):
+    from tinyvae.training import Interrupted
+
+    raise Interrupted("SIGTERM")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM outside the training loop (loading data, saving) stops like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _after_failure(folder) -> str:
+    """What a failed run left: the old run put back, or the new run's last checkpoint."""
+    status = runs.read_status(folder)
+    if status.get("state") != "failed":
+        return f"(the previous run in {folder} is kept)"
+    saved = status.get("checkpoint_step")
+    where = (f"its last checkpoint, step {saved}, is kept" if saved is not None
+             else "no checkpoint was written")
+    return f"(status.json records the failure; {where})"
 
 
 def _train(args) -> int:
@@ -221,21 +260,27 @@ def _train(args) -> int:
     progress = not args.quiet
     verb = "resuming" if resume else "training"
     print(f"tinyvae train: {verb} {runs.describe(config)}\n  run folder: {folder}", flush=True)
+    replacing = not resume and runs.is_run_folder(folder)
     try:
-        result = runs.train_run(folder, config, resume=resume, progress=progress,
-                                clock_start=clock)
-    except KeyboardInterrupt:
-        print("\ninterrupted before the first training step: no checkpoint was written",
+        with _sigterm_as_interrupt():
+            result = runs.train_run(folder, config, resume=resume, progress=progress,
+                                    clock_start=clock, overwrite=args.overwrite,
+                                    checkpoint_every=args.checkpoint_every)
+    except KeyboardInterrupt as err:
+        kept = " (the previous run is kept)" if replacing else ""
+        print(f"\ninterrupted before the first training step: no checkpoint was written{kept}",
               file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except runs.RunError as err:
-        args.parser.error(f"argument --resume: {err}")
+        return EXIT_SIGNAL.get(getattr(err, "signal", "SIGINT"), EXIT_INTERRUPTED)
+    except FloatingPointError as err:
+        return _fail("train", f"{err} {_after_failure(folder)}")
     except _data_errors() as err:
-        return _fail("train", err)
+        kept = f" (the previous run in {folder} is kept)" if replacing else ""
+        return _fail("train", f"{err}{kept}")
     if result.state == "interrupted":
-        print(f"\ninterrupted at step {result.step} of {result.total_steps}; checkpoint saved "
-              f"in {folder}\ncontinue with:  tinyvae train --resume {folder}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"\ninterrupted ({result.signal}) at step {result.step} of {result.total_steps}; "
+              f"checkpoint saved in {folder}\ncontinue with:  tinyvae train --resume {folder}",
+              file=sys.stderr)
+        return EXIT_SIGNAL.get(result.signal, EXIT_INTERRUPTED)
     h = result.model.history_
     print(f"trained {result.step} steps in {result.train_seconds:.0f} s "
           f"(last loss {h['loss'][-1]:.2f}: recon {h['recon'][-1]:.2f}, KL {h['kl'][-1]:.2f})",
@@ -325,7 +370,7 @@ def _add_evaluate(sub):
 def _evaluate(args) -> int:
     config = runs.read_config(args.run)
     status = runs.read_status(args.run)
-    model = runs.load_model(args.run)
+    model = runs.load_model(args.run, config)
     if status.get("state") == "interrupted":
         print(f"note: run interrupted at step {model.step_} of {status.get('total_steps')}; "
               "evaluating the checkpoint as it is", file=sys.stderr)
@@ -372,7 +417,7 @@ def _traverse(args) -> int:
     from tinyvae import report as reports
 
     config = runs.read_config(args.run)
-    model = runs.load_model(args.run)
+    model = runs.load_model(args.run, config)
     try:
         data = runs.load_data(config, with_train=False)
     except _data_errors() as err:
@@ -460,9 +505,16 @@ def _sweep(args) -> int:
 # ---------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the problem and its fix, then exit status 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinyvae", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="tinyvae", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_evaluate(sub)
@@ -476,8 +528,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run a command. User errors: one line and exit 2; a failed run: one line and exit 1."""
+    from tinyvae import kernels
+
+    try:
+        kernels.check_backend_env()
+    except ValueError as err:
+        print(f"tinyvae: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except runs.RunError as err:
+        print(f"tinyvae {args.command}: error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except MemoryError:
+        return _fail(args.command, "out of memory (try a smaller --hidden, --resolution, "
+                                   "--n-train or --batch-size)")
+    except OSError as err:   # disk full, permission denied, ...: the run itself failed
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        return _fail(args.command, f"{err.strerror or err}{where}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,10 @@ def _read_archive(path: Path):
             data = {k: archive[k] for k in archive.files}
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as err:
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError, NotImplementedError,
+            RuntimeError, zlib.error, MemoryError, OverflowError) as err:
+        # zipfile raises NotImplementedError for a compression method it does not know
+        # and RuntimeError for an "encrypted" member: a flipped byte can make either
         raise ValueError(f"path: {str(path)!r} is not a readable tinyvae checkpoint "
                          f"(truncated or corrupted .npz: {err})") from err
     if "__header__" not in data:
@@ -132,22 +136,23 @@ def load(path, classes):
     """
     path = Path(path)
     header, data = _read_archive(path)
-    if header.get("format") != FORMAT:
-        raise ValueError(f"path: {str(path)!r} is not a tinyvae checkpoint "
-                         f"(format {header.get('format')!r})")
-    version = header.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"path: {str(path)!r} has format version {version!r}; this tinyvae "
-                         f"reads versions <= {FORMAT_VERSION} (upgrade tinyvae)")
+    _check_header(path, header)
     for key, digest in header["sha256"].items():
         if key not in data:
             raise ValueError(f"path: {str(path)!r} is missing array {key!r}")
         if _digest(data[key]) != digest:
             raise ValueError(f"path: {str(path)!r} is corrupted: array {key!r} fails its checksum")
+    unlisted = sorted(set(data) - set(header["sha256"]))
+    if unlisted:
+        raise ValueError(f"path: {str(path)!r} holds arrays its header does not list: {unlisted}")
     cls = classes.get(header["model_class"])
     if cls is None:
         raise ValueError(f"path: unknown model class {header['model_class']!r} in {str(path)!r}")
-    model = cls(**header["config"])
+    try:
+        model = cls(**header["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"path: {str(path)!r} has a config {cls.__name__} does not accept: "
+                         f"{err}") from err
     for name, current in model.params.items():
         stored = data.get(f"param/{name}")
         if stored is None or stored.shape != current.shape or stored.dtype != current.dtype:
@@ -155,15 +160,108 @@ def load(path, classes):
             raise ValueError(f"path: parameter {name!r} in {str(path)!r} does not match the "
                              f"config: expected {(current.shape, current.dtype)}, got {got}")
         current[...] = stored
+    extra = sorted(k for k in data if k.startswith("param/") and k[6:] not in model.params)
+    if extra:
+        raise ValueError(f"path: {str(path)!r} has parameters the config does not: {extra}")
     model.step_ = header["step"]
     model.history_ = header["history"]
-    model.train_state_ = header["train_state"]
+    model.train_state_ = _checked_train_state(path, header["train_state"], model.latent_dim)
     if header["optimizer"] is not None:
-        opt = make_optimizer(header["optimizer"]["config"])
-        opt.load_state(header["optimizer"]["t"],
-                       {k[len("optim/"):]: v for k, v in data.items() if k.startswith("optim/")})
-        model.optimizer_ = opt
+        model.optimizer_ = _load_optimizer(path, header["optimizer"], data, model.params)
     state = model.train_state_
     if state is not None and hasattr(model, "kl_warmup_steps"):
         model.kl_warmup_steps = state["kl_warmup_steps"]
     return model
+
+
+# ---------------------------------------------------------------------------------------
+# header validation: every field checked before use, so a damaged or hand-edited
+# header is a ValueError that names the field, never an AttributeError deep inside
+# ---------------------------------------------------------------------------------------
+
+_HEADER_TYPES = {"model_class": str, "config": dict, "step": int, "history": dict,
+                 "sha256": dict}
+HISTORY_KEYS = ("epoch", "step", "loss", "recon", "kl", "kl_per_latent")
+_TRAIN_STATE_INTS = ("seed", "epochs", "batch_size", "start_step", "kl_warmup_steps",
+                     "epoch", "batch")
+
+
+def _bad(path, what):
+    return ValueError(f"path: {str(path)!r} has a damaged header: {what}")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_header(path, header):
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        got = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise ValueError(f"path: {str(path)!r} is not a tinyvae checkpoint (format {got!r})")
+    version = header.get("format_version")
+    if not _is_int(version) or version < 1:
+        raise _bad(path, f"format version {version!r} (expected an integer >= 1)")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"path: {str(path)!r} has format version {version!r}; this tinyvae "
+                         f"reads versions <= {FORMAT_VERSION} (upgrade tinyvae)")
+    for key, kind in _HEADER_TYPES.items():
+        value = header.get(key)
+        if not (isinstance(value, kind) and (kind is not int or _is_int(value))):
+            raise _bad(path, f"{key!r} is {value!r}, expected {kind.__name__}")
+    if header["step"] < 0:
+        raise _bad(path, f"step {header['step']} < 0")
+    if not all(isinstance(v, str) for v in header["sha256"].values()):
+        raise _bad(path, "'sha256' must map array names to hex digests")
+    history = header["history"]
+    if set(history) != set(HISTORY_KEYS) or not all(isinstance(v, list) for v in history.values()) or len(
+            {len(v) for v in history.values()}) > 1:
+        raise _bad(path, f"'history' must map {HISTORY_KEYS} to lists of one length")
+    for key in ("train_state", "optimizer"):
+        if key not in header:
+            raise _bad(path, f"{key!r} is missing")
+        if header[key] is not None and not isinstance(header[key], dict):
+            raise _bad(path, f"{key!r} is {header[key]!r}, expected an object or null")
+
+
+def _checked_train_state(path, state, latent_dim):
+    """The header's training state if every field has its type and range, else ValueError."""
+    if state is None:
+        return None
+    for key in _TRAIN_STATE_INTS:
+        value = state.get(key)
+        if not _is_int(value) or value < 0:
+            raise _bad(path, f"train_state {key!r} is {value!r}, expected an integer >= 0")
+    if state["batch_size"] < 1 or state["epochs"] < 1:
+        raise _bad(path, "train_state batch_size and epochs must be >= 1")
+    try:
+        np.random.default_rng().bit_generator.state = state.get("rng")
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
+        raise _bad(path, f"train_state 'rng' is not a generator state ({err})") from err
+    acc = state.get("accumulator")
+    if acc is not None:
+        ok = (isinstance(acc, dict) and _is_int(acc.get("count"))
+              and all(isinstance(acc.get(k), (int, float)) for k in ("loss", "recon", "kl"))
+              and isinstance(acc.get("kl_per_latent"), list)
+              and len(acc["kl_per_latent"]) == latent_dim
+              and all(isinstance(v, (int, float)) for v in acc["kl_per_latent"]))
+        if not ok:
+            raise _bad(path, "train_state 'accumulator' is not a running sum of the loss parts")
+    return state
+
+
+def _load_optimizer(path, header, data, params):
+    config, t = header.get("config"), header.get("t")
+    if not isinstance(config, dict) or not _is_int(t) or t < 0:
+        raise _bad(path, "'optimizer' needs a config object and a step count t >= 0")
+    try:
+        opt = make_optimizer(config)
+    except (TypeError, ValueError) as err:
+        raise _bad(path, f"optimizer config {config!r}: {err}") from err
+    arrays = {k[len("optim/"):]: v for k, v in data.items() if k.startswith("optim/")}
+    for key, arr in arrays.items():
+        name, _, slot = key.rpartition("/")
+        p = params.get(name)
+        if p is None or slot not in opt.slots or arr.shape != p.shape or arr.dtype != p.dtype:
+            raise _bad(path, f"optimizer state {key!r} matches no parameter and slot")
+    opt.load_state(t, arrays)
+    return opt

@@ -36,14 +36,18 @@ from tinyvae._backend.activations import ACTIVATION_CODES, ACTIVATIONS
 
 BACKENDS = ("numba", "numpy")
 
-def _default_backend() -> str:
+def check_backend_env() -> str:
+    """The backend ``TINYVAE_BACKEND`` names (default numba); ValueError naming it if unknown."""
     name = os.environ.get("TINYVAE_BACKEND", "numba")
     if name not in BACKENDS:
-        raise ValueError(f"TINYVAE_BACKEND: expected one of {BACKENDS}, got {name!r}")
+        raise ValueError(f"TINYVAE_BACKEND: expected one of {BACKENDS}, got {name!r} "
+                         "(unset it, or set it to one of these)")
     return name
 
 
-_state = {"backend": _default_backend(), "nb": None}
+# an unknown TINYVAE_BACKEND must not stop `import tinyvae` (the CLI reports it in one
+# line): it is read on first use instead, where check_backend_env raises its error
+_state = {"backend": None, "nb": None}
 
 
 def set_backend(name: str) -> None:
@@ -55,6 +59,8 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     """Return the name of the active backend."""
+    if _state["backend"] is None:
+        _state["backend"] = check_backend_env()
     return _state["backend"]
 
 
@@ -81,7 +87,7 @@ def _nb():
 
 
 def _numba_active() -> bool:
-    return _state["backend"] == "numba"
+    return get_backend() == "numba"
 
 
 def compiled():

@@ -47,23 +47,25 @@ class _BaseModel:
     def __init__(self, input_dim, hidden=(400,), latent_dim=20, likelihood="bernoulli",
                  activation="relu", dtype=np.float32, seed=0, obs_std=0.1, alpha=0.01):
         self.input_dim = _checks.positive_int("input_dim", input_dim)
-        if isinstance(hidden, (int, np.integer)):
-            hidden = (hidden,)
-        self.hidden = tuple(_checks.positive_int("hidden", h) for h in hidden)
+        self.hidden = _checks.sizes("hidden", hidden)
         self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
         self.likelihood = _checks.one_of("likelihood", likelihood, LIKELIHOODS)
         self.activation = _checks.one_of("activation", activation, layers.ACTIVATIONS)
-        if not 0 < alpha < 1:
+        if not 0 < _checks.number("alpha", alpha) < 1:
             raise ValueError(f"alpha: expected 0 < alpha < 1, got {alpha!r}")
         # the leaky_relu slope; BetaTCVAE uses the name alpha for its MI weight
         self.leaky_slope = self.alpha = float(alpha)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
-        if obs_std != "learned" and not (isinstance(obs_std, (int, float)) and obs_std > 0):
-            raise ValueError(f"obs_std: expected a positive number or 'learned', got {obs_std!r}")
-        self.obs_std = obs_std if obs_std == "learned" else float(obs_std)
-        self.seed = seed
+        if not (isinstance(obs_std, str) and obs_std == "learned"):
+            try:
+                obs_std = _checks.number("obs_std", obs_std, 0, strict=True)
+            except ValueError:
+                raise ValueError(f"obs_std: expected a positive number or 'learned', "
+                                 f"got {obs_std!r}") from None
+        self.obs_std = obs_std
+        self.seed = _checks.seed("seed", seed)
         self.step_ = 0
         self.history_ = _empty_history()
         self.train_state_ = None
@@ -199,7 +201,8 @@ class _BaseModel:
                  reconstruct instead of x (denoising).
         Returns: loss (float), grads {name: array like params[name]} (None if
                  compute_grads=False). The parts of the loss are left in
-                 ``self.last_loss_parts_``.
+                 ``self.last_loss_parts_``. A loss that is not finite (data so large it
+                 overflows the dtype) raises FloatingPointError.
         """
         bernoulli = self.likelihood == "bernoulli"
         x = _checks.as_batch("x", x, self.input_dim, self.dtype, unit_interval=bernoulli and target is None)
@@ -210,39 +213,50 @@ class _BaseModel:
             eps = _checks.as_batch("eps", eps, self.latent_dim, self.dtype)
             if eps.shape[0] != x.shape[0]:
                 raise ValueError(f"eps: expected {x.shape[0]} rows like x, got shape {eps.shape}")
-        return self._loss(x, target, eps, compute_grads)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            loss, grads = self._loss(x, target, eps, compute_grads)
+        if not np.isfinite(loss):
+            raise FloatingPointError(
+                f"x: the loss is {loss} for this batch (largest |x| = "
+                f"{float(np.abs(x).max()):.3g}): the computation overflows {self.dtype.name}; "
+                "rescale the data (e.g. to unit variance)"
+                + (" or use a float64 model" if self.dtype == np.float32 else ""))
+        return loss, grads
 
     def _loss(self, x, target, eps, compute_grads):
         raise NotImplementedError
 
     # -- training --------------------------------------------------------------------
 
-    def fit(self, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=True,
-            kl_warmup_steps=0, corrupt=None, resume=False, log_every=None, callback=None,
-            steps=None):
+    def fit(self, X, epochs=10, batch_size=None, optimizer=None, seed=None, progress=True,
+            kl_warmup_steps=None, corrupt=None, resume=False, log_every=None, callback=None,
+            steps=None, checkpoint=None):
         """Train with minibatch gradient descent. Returns self.
 
         Inputs:  X (n, input_dim) training data; epochs: total epochs of this run;
                  steps: a step budget instead: train until this run has taken
                  ``steps`` steps in all (then epochs is ignored; resume continues
                  up to it; a log entry falls on the last step);
-                 batch_size >= 1; optimizer (default Adam(lr=1e-3)); seed for the
-                 shuffle and the noise; progress: tqdm bar; kl_warmup_steps: raise
-                 the KL weight linearly from 0 over this many steps (VAE);
+                 batch_size >= 1 (default 128); optimizer (default Adam(lr=1e-3));
+                 seed (default 0) for the shuffle and the noise; progress: tqdm bar;
+                 kl_warmup_steps: raise the KL weight linearly from 0 over this many
+                 steps (VAE, default 0); with resume=True, batch_size, seed and
+                 kl_warmup_steps may only repeat the run's own and optimizer is refused;
                  corrupt(x, rng) -> noisy x to train a denoising model (the target
                  stays the clean x); resume: continue the run held in
                  ``self.train_state_`` (e.g. from ``tv.load``) up to ``epochs`` / ``steps``;
                  log_every: also log every that many steps (default: once an epoch);
-                 callback(model, entry) after each log entry.
+                 callback(model, entry) after each log entry; checkpoint: a
+                 training.Checkpointer that saves the run between steps.
         A NaN or inf loss or gradient stops training with FloatingPointError and
         leaves the parameters at their last finite values. Ctrl-C finishes the
-        current step, records the position, and raises KeyboardInterrupt, so a
-        checkpoint saved then resumes exactly.
+        current step, records the position, and raises KeyboardInterrupt (SIGTERM too:
+        training.Interrupted names the signal), so a checkpoint saved then resumes exactly.
         """
         return training.train(self, X, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                      seed=seed, progress=progress, kl_warmup_steps=kl_warmup_steps,
                      corrupt=corrupt, resume=resume, log_every=log_every,
-                              callback=callback, steps=steps)
+                              callback=callback, steps=steps, checkpoint=checkpoint)
 
     def save(self, path):
         """Write parameters, config and training state to ``path`` (.npz, atomic, no pickle)."""
@@ -317,9 +331,7 @@ class VAE(_BaseModel):
     def __init__(self, input_dim, hidden=(400,), latent_dim=20, likelihood="bernoulli",
                  beta=1.0, activation="relu", dtype=np.float32, seed=0, obs_std=0.1,
                  alpha=0.01):
-        if not (isinstance(beta, (int, float)) and beta >= 0 and np.isfinite(beta)):
-            raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
-        self.beta = float(beta)
+        self.beta = _checks.number("beta", beta, 0)
         self.capacity_max = None
         self.capacity_steps = 0
         self.gamma = 0.0
@@ -450,13 +462,9 @@ class BetaVAE(VAE):
         super().__init__(input_dim, hidden, latent_dim, likelihood, beta, activation, dtype,
                          seed, obs_std, alpha)
         if capacity_max is not None:
-            if not (isinstance(capacity_max, (int, float)) and capacity_max >= 0):
-                raise ValueError(f"capacity_max: expected a number >= 0 (nats), got {capacity_max!r}")
-            self.capacity_max = float(capacity_max)
+            self.capacity_max = _checks.number("capacity_max", capacity_max, 0)
         self.capacity_steps = _checks.positive_int("capacity_steps", capacity_steps)
-        if not (isinstance(gamma, (int, float)) and gamma > 0):
-            raise ValueError(f"gamma: expected a positive number, got {gamma!r}")
-        self.gamma = float(gamma)
+        self.gamma = _checks.number("gamma", gamma, 0, strict=True)
 
     def get_config(self):
         return {**super().get_config(), "capacity_max": self.capacity_max,
@@ -490,10 +498,8 @@ class BetaTCVAE(VAE):
                  activation="relu", dtype=np.float32, seed=0, obs_std=0.1, leaky_slope=0.01):
         super().__init__(input_dim, hidden, latent_dim, likelihood, beta, activation, dtype,
                          seed, obs_std, leaky_slope)
-        for name, value in (("alpha", alpha), ("gamma", gamma)):
-            if not (isinstance(value, (int, float)) and value >= 0 and np.isfinite(value)):
-                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
-        self.alpha, self.gamma = float(alpha), float(gamma)
+        self.alpha = _checks.number("alpha", alpha, 0)
+        self.gamma = _checks.number("gamma", gamma, 0)
         if estimator not in losses.TC_ESTIMATORS:
             raise ValueError(f"estimator: expected one of {losses.TC_ESTIMATORS}, got {estimator!r}")
         self.estimator = estimator

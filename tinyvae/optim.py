@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyvae import kernels
+from tinyvae import _checks, kernels
 
 
 class Optimizer:
@@ -24,12 +24,14 @@ class Optimizer:
     slots: tuple[str, ...] = ()
 
     def __init__(self, lr, weight_decay=0.0):
-        if not (isinstance(lr, (int, float)) and lr > 0 and np.isfinite(lr)):
-            raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay: expected >= 0, got {weight_decay}")
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
+        try:
+            self.lr = _checks.number("lr", lr, 0, strict=True)
+        except ValueError:
+            raise ValueError(f"lr: expected a positive finite number, got {lr!r}") from None
+        try:
+            self.weight_decay = _checks.number("weight_decay", weight_decay, 0)
+        except ValueError:
+            raise ValueError(f"weight_decay: expected >= 0, got {weight_decay!r}") from None
         self.t = 0
         self.state: dict[str, dict[str, np.ndarray]] = {}
 

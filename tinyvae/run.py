@@ -3,8 +3,11 @@
 A run folder holds everything needed to continue, evaluate or redraw a run::
 
     config.json      the resolved configuration (every default filled in)
-    status.json      "running" / "interrupted" / "finished", the step reached, seconds spent
-    checkpoint.npz   parameters, optimizer and training state (tinyvae.io format)
+    status.json      "running" / "interrupted" / "finished" / "failed", the step reached,
+                     the step of the checkpoint, seconds spent, and what stopped the run
+    checkpoint.npz   parameters, optimizer and training state (tinyvae.io format), saved
+                     a few times during training, on Ctrl-C / SIGTERM and at the end
+    .lock            held (flock) by the process writing the folder: one writer at a time
     history.csv      loss, reconstruction, KL and KL per latent every log interval
     report.json      numbers (see tinyvae.report) and report.md, their readable form
     figures/         traversal.png + .gif, reconstructions, samples, KL bars, curves, ...
@@ -12,20 +15,28 @@ A run folder holds everything needed to continue, evaluate or redraw a run::
 The training data are not stored: they are re-created from the config (dSprites
 is rendered from a seeded sample of factors), which is what lets ``--resume``
 replay the same batches and continue bit for bit.
+
+Nothing a run wrote is lost: a second writer is refused while the first holds the
+folder's lock; --overwrite moves the old run aside (``.previous-run/``) and deletes it
+only once the new run has written its first checkpoint, restoring it if the new run
+fails before that; a run killed outright resumes from its last periodic checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tinyvae import kernels, models, optim
+from tinyvae import kernels, models, optim, training
 from tinyvae.io import atomic_path
 
 RUN_FORMAT = "tinyvae-run"
@@ -35,6 +46,15 @@ STATUS_FILE = "status.json"
 CHECKPOINT_FILE = "checkpoint.npz"
 HISTORY_FILE = "history.csv"
 FIGURES_DIR = "figures"
+LOCK_FILE = ".lock"
+PREVIOUS_DIR = ".previous-run"
+#: what a run writes into its folder (the lock aside): what --overwrite replaces
+RUN_FILES = (CONFIG_FILE, STATUS_FILE, CHECKPOINT_FILE, HISTORY_FILE, "report.json",
+             "report.md", FIGURES_DIR)
+#: periodic checkpoints: this many in a run (a checkpoint of the main job's model takes
+#: some tens of ms), and at least one every CHECKPOINT_SECONDS of training
+CHECKPOINTS_PER_RUN = 4
+CHECKPOINT_SECONDS = 600.0
 
 DATASETS = ("dsprites", "digits", "mnist", "fashion-mnist", "spiral")
 #: --model NAME -> model class, from the one table in models.py
@@ -166,7 +186,61 @@ def resolve_config(options: dict) -> dict:
                         else _DEFAULT_LR[config["optimizer"]])
     config["hidden"] = [int(h) for h in config["hidden"]]
     config["likelihood"] = "gaussian" if dataset == "spiral" else "bernoulli"
+    check_memory(config)
     return config
+
+
+#: input width and (training rows, held-out rows) of each data set; None: config["n_train"]
+_DATA_SHAPES = {"digits": (64, 1500, 297), "mnist": (784, 60_000, 10_000),
+                "fashion-mnist": (784, 60_000, 10_000), "spiral": (3, None, 1000),
+                "dsprites": (None, None, 5000)}
+#: bytes per parameter while training: float32 value, gradient, up to two optimizer
+#: slots, and the float64 draw at initialisation
+_BYTES_PER_PARAM = 4 * 4 + 8
+
+
+def memory_needed(config: dict) -> dict:
+    """Rough bytes a run needs, by what drives them: {"data": ..., "model": ...}."""
+    width, n_train, n_eval = _DATA_SHAPES[config["dataset"]]
+    width = width or config["resolution"] ** 2
+    n_train = n_train if n_train is not None else config["n_train"]
+    widths = [width, *config["hidden"]]
+    layers = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    n_params = 2 * layers + 2 * widths[-1] * config["latent"]
+    activations = config["batch_size"] * (2 * sum(config["hidden"]) + 4 * width) * 4 * 4
+    return {"data": (n_train + n_eval) * width * 4,
+            "model": n_params * _BYTES_PER_PARAM + activations}
+
+
+def _total_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(config: dict, available: int | None = None) -> None:
+    """UsageError naming the option to lower when the run cannot fit in this machine's memory.
+
+    Checked before anything is allocated, so a too-large --resolution or --hidden is
+    one clear message instead of a MemoryError after minutes of work.
+    """
+    available = _total_memory() if available is None else available
+    need = memory_needed(config)
+    if available is None or sum(need.values()) <= available:
+        return
+    gib = 2.0 ** 30
+    if need["data"] >= need["model"]:
+        option = "--resolution" if config["dataset"] == "dsprites" else "--n-train"
+        if config["dataset"] == "dsprites" and config["resolution"] <= 64:
+            option = "--n-train"
+        what = "its training data"
+    else:
+        option, what = "--hidden", "its parameters, gradients and optimizer state"
+    raise UsageError(option, f"this run needs about {sum(need.values()) / gib:,.1f} GiB "
+                             f"({what}: {max(need.values()) / gib:,.1f} GiB), more than this "
+                             f"machine's {available / gib:.1f} GiB of memory; choose a smaller "
+                             f"{option}")
 
 
 def describe(config: dict) -> str:
@@ -356,7 +430,14 @@ def check_run_folder(path, need_checkpoint=True) -> Path:
         raise RunError(f"{str(path)!r} is not a tinyvae run folder: its {CONFIG_FILE} was not "
                        f"written by tinyvae train (format {_get(header, 'format')!r}, "
                        f"expected {RUN_FORMAT!r})")
-    if header.get("format_version", 0) > RUN_FORMAT_VERSION:
+    version = header.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise RunError(f"{str(config_path)!r} has format_version {version!r}, expected an "
+                       "integer: the file is damaged (start the run again with --overwrite)")
+    if not isinstance(header.get("config"), dict) or "dataset" not in header["config"]:
+        raise RunError(f"{str(config_path)!r} holds no run configuration: the file is damaged "
+                       "(start the run again with tinyvae train --out DIR --overwrite)")
+    if version > RUN_FORMAT_VERSION:
         raise RunError(f"{str(path)!r} was written by a newer tinyvae (run format "
                        f"{header['format_version']}); upgrade tinyvae to read it")
     if need_checkpoint and not (path / CHECKPOINT_FILE).is_file():
@@ -384,25 +465,72 @@ def write_config(folder: Path, config: dict) -> None:
 
 
 def read_status(folder: Path) -> dict:
+    """status.json as a dict; RunError naming the file (and the fix) if it is unreadable."""
     path = Path(folder) / STATUS_FILE
     if not path.is_file():
         return {"state": "new", "step": 0, "total_steps": None, "train_seconds": 0.0}
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        status = err
+    seconds = status.get("train_seconds", 0.0) if isinstance(status, dict) else None
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        why = status if isinstance(status, Exception) else "not a status record"
+        raise RunError(f"{str(path)!r} is damaged ({why}); delete it: the next tinyvae train "
+                       "--resume writes a new one")
+    return status
 
 
 def write_status(folder: Path, **status) -> None:
     write_json(Path(folder) / STATUS_FILE, status)
 
 
-def load_model(folder: Path):
-    """The checkpointed model of a run folder (training state included)."""
+def load_model(folder: Path, config: dict | None = None):
+    """The checkpointed model of a run folder (training state included).
+
+    RunError if the file is damaged, or if it was not trained with ``config`` (default:
+    the folder's config.json): a folder that mixes two runs is never used.
+    """
     import tinyvae as tv
 
     path = Path(folder) / CHECKPOINT_FILE
     try:
-        return tv.load(path)
+        model = tv.load(path)
+    except FileNotFoundError as err:
+        raise RunError(f"{str(path)!r} is missing: the run never reached a checkpoint (start "
+                       "it again with tinyvae train --out DIR --overwrite)") from err
     except ValueError as err:
-        raise RunError(f"{str(path)!r} cannot be loaded: {err}") from err
+        raise RunError(f"{str(path)!r} cannot be loaded: {err} (start the run again with "
+                       "tinyvae train --out DIR --overwrite)") from err
+    check_checkpoint_matches(folder, read_config(folder) if config is None else config, model)
+    return model
+
+
+def check_checkpoint_matches(folder, config: dict, model) -> None:
+    """RunError unless the checkpoint's model, optimizer and batches are the config's."""
+    opt, state = model.optimizer_, model.train_state_ or {}
+    pairs = {
+        "model": (config.get("model"), type(model).short_name),
+        "hidden": (list(config.get("hidden") or []), list(model.hidden)),
+        "latent": (config.get("latent"), model.latent_dim),
+        "seed": (config.get("seed"), model.seed),
+        "optimizer": (config.get("optimizer"),
+                      None if opt is None else _optimizer_name(opt)),
+        "lr": (config.get("lr"), None if opt is None else opt.lr),
+        "batch_size": (config.get("batch_size"), state.get("batch_size")),
+    }
+    if config.get("beta") is not None and hasattr(model, "beta"):
+        pairs["beta"] = (config["beta"], model.beta)
+    for key, (want, got) in pairs.items():
+        if want != got:
+            raise RunError(f"{str(Path(folder) / CHECKPOINT_FILE)!r} does not belong to its "
+                           f"{CONFIG_FILE} ({key}: {want!r} in the config, {got!r} in the "
+                           "checkpoint): the folder mixes two runs; start it again with "
+                           "tinyvae train --out DIR --overwrite")
+
+
+def _optimizer_name(opt):
+    return next((name for name, cls in optim.OPTIMIZERS.items() if type(opt) is cls), None)
 
 
 def write_history(folder: Path, history: dict, latent_dim: int) -> Path:
@@ -446,46 +574,192 @@ class TrainResult:
     step: int
     total_steps: int
     train_seconds: float    # this session's and earlier sessions' training time
+    signal: str | None = None   # what interrupted the run: "SIGINT" or "SIGTERM"
+
+
+# ---------------------------------------------------------------------------------------
+# one writer per folder, and a replaced run kept until its successor has a checkpoint
+# ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path):
+    """Hold the run folder's lock (creating the folder); RunError naming the holder if taken.
+
+    The lock is flock(2) on ``folder/.lock``: the operating system drops it when its
+    process ends, even by SIGKILL, so it is never stale. The file holds the pid.
+    Without fcntl (Windows) there is no lock.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / LOCK_FILE, "a+", encoding="utf-8")
+    except OSError as err:
+        raise RunError(f"cannot create the run folder {str(folder)!r}: {err.strerror or err} "
+                       "(choose another --out)") from err
+    try:
+        _acquire(f, folder)
+        yield folder
+    finally:
+        f.close()   # closing releases the lock
+
+
+def _acquire(f, folder):
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        raise RunError(f"run folder {str(folder)!r} is being written by another tinyvae "
+                       f"process (pid {holder}); wait for it to end (or stop it), or choose "
+                       "another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+
+
+def _set_aside(folder: Path) -> Path | None:
+    """Move the run in ``folder`` into folder/.previous-run/; its path, or None if no run."""
+    present = [name for name in RUN_FILES if (folder / name).exists()]
+    if not present:
+        return None
+    aside = folder / PREVIOUS_DIR
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir()
+    for name in present:
+        os.replace(folder / name, aside / name)
+    return aside
+
+
+def _restore_aside(folder: Path, aside: Path) -> None:
+    """Put the set-aside run back in place of what the failed new run wrote."""
+    for name in RUN_FILES:
+        target = folder / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        if (aside / name).exists():
+            os.replace(aside / name, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _recover_aside(folder: Path) -> None:
+    """A replacement killed before its first checkpoint leaves the old run aside: restore it."""
+    aside = folder / PREVIOUS_DIR
+    if not aside.is_dir():
+        return
+    if (folder / CHECKPOINT_FILE).exists():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        _restore_aside(folder, aside)
+
+
+# ---------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------
+
+
+def checkpoint_interval(steps: int) -> int:
+    """Steps between periodic checkpoints: CHECKPOINTS_PER_RUN of them in a run."""
+    return max(1, math.ceil(steps / CHECKPOINTS_PER_RUN))
+
+
+class _RunSaver:
+    """Writes checkpoint, history and status together: at checkpoints and at the end.
+
+    The first save of a replacing run deletes the run it replaces (set aside).
+    """
+
+    def __init__(self, folder, steps, seconds_before, start, aside):
+        self.folder, self.steps, self.aside = folder, steps, aside
+        self.seconds_before, self.start = seconds_before, start
+        self.saved_step = None
+
+    def seconds(self):
+        return self.seconds_before + time.perf_counter() - self.start
+
+    def status(self, model, state, **extra):
+        write_status(self.folder, state=state, step=int(model.step_), total_steps=self.steps,
+                     checkpoint_step=self.saved_step, train_seconds=round(self.seconds(), 2),
+                     pid=os.getpid(), **extra)
+
+    def __call__(self, model, state="running", **extra):
+        model.save(self.folder / CHECKPOINT_FILE)
+        write_history(self.folder, model.history_, model.latent_dim)
+        self.saved_step = int(model.step_)
+        self.status(model, state, **extra)
+        if self.aside is not None:
+            shutil.rmtree(self.aside, ignore_errors=True)
+            self.aside = None
 
 
 def train_run(folder: Path, config: dict, resume: bool, progress: bool = True,
-              clock_start: float | None = None) -> TrainResult:
-    """Train (or continue) the run in ``folder``; checkpoint at the end or on Ctrl-C.
+              clock_start: float | None = None, *, overwrite: bool = True,
+              checkpoint_every: int | None = None) -> TrainResult:
+    """Train (or continue) the run in ``folder``; checkpoint periodically, on a signal, at the end.
 
-    On Ctrl-C the checkpoint is written after the current step and the result's state
-    is "interrupted"; the caller tells the user how to resume.
+    On Ctrl-C or SIGTERM the checkpoint is written after the current step and the
+    result's state is "interrupted"; the caller tells the user how to resume. A run
+    that diverges writes status "failed" and raises FloatingPointError (its last
+    checkpoint stands). overwrite=False refuses a folder that already holds a run;
+    overwrite=True replaces it, but only once the new run has saved a checkpoint.
+    checkpoint_every: steps between periodic checkpoints (default checkpoint_interval).
     """
     start = time.perf_counter() if clock_start is None else clock_start
     folder = Path(folder)
-    data = load_data(config)
-    steps = total_steps(config, len(data.X))
-    if resume:
-        model = load_model(folder)
-        if model.step_ >= steps:
-            raise RunError(f"run {str(folder)!r} already finished its {model.step_} steps; "
-                           f"pass --steps N with N > {model.step_} to train it longer")
-    else:
-        model = build_model(config, data.X.shape[1])
-    folder.mkdir(parents=True, exist_ok=True)
+    with run_lock(folder):
+        _recover_aside(folder)
+        if not resume and not overwrite and is_run_folder(folder):
+            raise RunError(f"{str(folder)!r} already holds a run; continue it with --resume "
+                           f"{folder}, or pass --overwrite to start it again")
+        previous = read_status(folder) if resume else {}
+        data = load_data(config)
+        steps = total_steps(config, len(data.X))
+        if resume:
+            model = load_model(folder, config)
+            if model.step_ >= steps:
+                raise RunError(f"run {str(folder)!r} already finished its {model.step_} steps; "
+                               f"pass --steps N with N > {model.step_} to train it longer")
+        else:
+            model = build_model(config, data.X.shape[1])
+        aside = None if resume else _set_aside(folder)
+        saver = _RunSaver(folder, steps, previous.get("train_seconds", 0.0), start, aside)
+        saver.saved_step = int(model.step_) if resume else None
+        try:
+            return _train_in_folder(folder, config, model, data, steps, resume, progress,
+                                    saver, checkpoint_every or checkpoint_interval(steps))
+        except BaseException:
+            if aside is not None and aside.exists() and not (folder / CHECKPOINT_FILE).exists():
+                _restore_aside(folder, aside)
+            raise
+
+
+def _train_in_folder(folder, config, model, data, steps, resume, progress, save, every):
     (folder / FIGURES_DIR).mkdir(exist_ok=True)
     write_config(folder, config)
-    previous = read_status(folder)
-    # a process killed outright (no Ctrl-C) leaves "running" behind: its last checkpoint stands
-    write_status(folder, **{**previous, "state": "running"})
-
+    # a process killed outright (SIGKILL) leaves "running" behind: its last checkpoint stands
+    save.status(model, "running")
     fit_args = dict(steps=steps, progress=progress, log_every=log_interval(steps),
-                    callback=stop_at(steps))
+                    callback=stop_at(steps),
+                    checkpoint=training.Checkpointer(save, every=every,
+                                                     seconds=CHECKPOINT_SECONDS))
     if not resume:
         fit_args.update(batch_size=config["batch_size"], optimizer=build_optimizer(config),
                         seed=config["seed"], kl_warmup_steps=config.get("kl_warmup") or 0)
-    state = "finished"
+    state, stopped_by = "finished", None
     try:
         model.fit(data.X, resume=resume, **fit_args)
-    except KeyboardInterrupt:
-        state = "interrupted"
-    seconds = previous.get("train_seconds", 0.0) + time.perf_counter() - start
-    model.save(folder / CHECKPOINT_FILE)
-    write_history(folder, model.history_, model.latent_dim)
-    write_status(folder, state=state, step=int(model.step_), total_steps=steps,
-                 train_seconds=round(seconds, 2))
-    return TrainResult(model, data, state, int(model.step_), steps, seconds)
+    except KeyboardInterrupt as err:
+        state, stopped_by = "interrupted", getattr(err, "signal", "SIGINT")
+    except FloatingPointError as err:
+        save.status(model, "failed", error=str(err))
+        raise
+    with training.deferred_interrupt(defer=True):   # a Ctrl-C now would lose the save
+        save(model, state, **({"signal": stopped_by} if stopped_by else {}))
+    return TrainResult(model, data, state, int(model.step_), steps, save.seconds(), stopped_by)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 
 import numpy as np
 from tqdm import tqdm
@@ -19,29 +20,70 @@ from tqdm import tqdm
 from tinyvae import _checks
 from tinyvae.optim import Adam, Optimizer
 
+#: the signals a run stops on cleanly: Ctrl-C, and what `kill` and schedulers send
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 @contextlib.contextmanager
-def deferred_interrupt():
-    """Turn Ctrl-C into a flag checked between steps, so a step is never half-applied.
+def deferred_interrupt(defer=False):
+    """Turn Ctrl-C and SIGTERM into a flag checked between steps, so a step is never half-applied.
 
-    Yields a dict whose "hit" entry becomes True on SIGINT. Outside the main
-    thread (where signal handlers cannot be set) the flag never changes.
+    Yields a dict: "hit" becomes True on the first signal, "signal" names it
+    ("SIGINT", "SIGTERM"). A second signal means "stop now" and raises
+    KeyboardInterrupt at once, except while "defer" is True (the loop sets it while
+    it applies an update): then it only takes effect at the end of the step.
+    Outside the main thread (where signal handlers cannot be set) the flag never changes.
     """
-    flag = {"hit": False}
+    flag = {"hit": False, "signal": None, "defer": False}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def handler(signum, frame):
-        if flag["hit"]:  # a second Ctrl-C means: stop now
-            raise KeyboardInterrupt
+        stop_now = flag["hit"] and not flag["defer"]
         flag["hit"] = True
+        flag["signal"] = flag["signal"] or signal.Signals(signum).name
+        if stop_now:
+            raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on a signal after a complete step; ``signal`` names it."""
+
+    def __init__(self, signal_name="SIGINT"):
+        super().__init__(signal_name)
+        self.signal = signal_name
+
+
+class Checkpointer:
+    """When a run saves itself mid-training: every ``every`` steps and every ``seconds``.
+
+    save(model) is called between steps with ``model.train_state_`` brought up to
+    date, so the file it writes resumes exactly; saving reads the state and
+    changes no number of the run.
+    """
+
+    def __init__(self, save, every=None, seconds=None):
+        if every is not None:
+            every = _checks.positive_int("every", every)
+        self.save, self.every, self.seconds = save, every, seconds
+        self._last = time.monotonic()
+
+    def due(self, step):
+        if self.every is not None and step % self.every == 0:
+            return True
+        return self.seconds is not None and time.monotonic() - self._last >= self.seconds
+
+    def __call__(self, model):
+        self.save(model)
+        self._last = time.monotonic()
 
 
 class _Accumulator:
@@ -114,19 +156,25 @@ def _start_state(seed, epochs, batch_size, kl_warmup_steps, start_step):
     }
 
 
-def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=True,
-          kl_warmup_steps=0, corrupt=None, resume=False, log_every=None, callback=None,
-          steps=None):
-    """Minibatch training; see :meth:`tinyvae.models._BaseModel.fit` for the arguments."""
+def train(model, X, epochs=10, batch_size=None, optimizer=None, seed=None, progress=True,
+          kl_warmup_steps=None, corrupt=None, resume=False, log_every=None, callback=None,
+          steps=None, checkpoint=None):
+    """Minibatch training; see :meth:`tinyvae.models._BaseModel.fit` for the arguments.
+
+    checkpoint: a :class:`Checkpointer` to save the run between steps, or None.
+    """
     X = model._check_x(X, "X")
     epochs = _checks.positive_int("epochs", epochs)
     if steps is not None:
         steps = _checks.positive_int("steps", steps)
-    batch_size = _checks.positive_int("batch_size", batch_size)
+    if batch_size is not None:
+        batch_size = _checks.positive_int("batch_size", batch_size)
+    if seed is not None:
+        seed = _checks.seed("seed", seed)
     if log_every is not None:
         log_every = _checks.positive_int("log_every", log_every)
-    if kl_warmup_steps < 0:
-        raise ValueError(f"kl_warmup_steps: expected >= 0, got {kl_warmup_steps!r}")
+    if kl_warmup_steps is not None:
+        kl_warmup_steps = _checks.int_at_least("kl_warmup_steps", kl_warmup_steps, 0)
     if optimizer is not None and not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer: expected a tinyvae optimizer, got {type(optimizer).__name__}")
 
@@ -135,11 +183,16 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
             raise ValueError("resume: the model holds no training state to resume "
                              "(load a checkpoint saved during fit, or pass resume=False)")
         state = model.train_state_
+        _check_resume_args(state, batch_size=batch_size, seed=seed,
+                           kl_warmup_steps=kl_warmup_steps, optimizer=optimizer)
         state["epochs"] = epochs
         opt = model.optimizer_
         batch_size = state["batch_size"]
     else:
-        state = _start_state(seed, epochs, batch_size, kl_warmup_steps, model.step_)
+        state = _start_state(0 if seed is None else seed, epochs,
+                             128 if batch_size is None else batch_size,
+                             kl_warmup_steps or 0, model.step_)
+        batch_size = state["batch_size"]
         opt = optimizer if optimizer is not None else Adam(lr=1e-3)
         model.optimizer_ = opt
         model.train_state_ = state
@@ -150,6 +203,9 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
     n_batches = -(-n // batch_size)
     rng = np.random.default_rng()
     rng.bit_generator.state = state["rng"]
+    # the generator as it stood after the last completed step: what a checkpoint
+    # records, so a step abandoned half-way (a second Ctrl-C) replays its own noise
+    committed_rng = rng.bit_generator.state
     acc = _Accumulator(model.latent_dim, state["accumulator"])
     all_finite = _FiniteCheck()
     # the step at which this run stops: its step budget, or the end of its last epoch
@@ -166,6 +222,10 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
         acc.reset()
         if callback is not None:
             callback(model, entry)
+
+    def sync_state():
+        state["rng"] = committed_rng
+        state["accumulator"] = acc.state()
 
     try:
         with deferred_interrupt() as interrupt:
@@ -189,30 +249,58 @@ def train(model, X, epochs=10, batch_size=128, optimizer=None, seed=0, progress=
                             f"(loss = {loss}). The parameters keep their last finite values. "
                             f"Try a lower learning rate than lr={opt.lr:g}, or a KL warm-up."
                         )
+                    interrupt["defer"] = True   # from here the step is applied whole
                     opt.step(model.params, grads)
                     model.step_ += 1
                     acc.add(model.last_loss_parts_)
                     state["batch"] = b + 1
+                    committed_rng = rng.bit_generator.state
                     bar.update(1)
                     if model.step_ % 20 == 0:
                         bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
                     at_budget = steps is not None and model.step_ == last_step
                     if log_every is not None and (model.step_ % log_every == 0 or at_budget):
                         log(epoch + (b + 1) / n_batches)
+                    if (checkpoint is not None and model.step_ < last_step
+                            and state["batch"] < n_batches and checkpoint.due(model.step_)):
+                        sync_state()
+                        checkpoint(model)
+                    interrupt["defer"] = False
                     if interrupt["hit"]:
-                        raise KeyboardInterrupt
+                        raise Interrupted(interrupt["signal"])
                 if state["batch"] < n_batches:
                     break  # the step budget ran out inside the epoch: it resumes here
+                interrupt["defer"] = True
                 state["epoch"], state["batch"] = epoch + 1, 0
                 if log_every is None:
                     log(epoch + 1)
+                if checkpoint is not None and model.step_ < last_step and checkpoint.due(
+                        model.step_):
+                    sync_state()
+                    checkpoint(model)
+                interrupt["defer"] = False
+                if interrupt["hit"]:
+                    raise Interrupted(interrupt["signal"])
             if log_every is None and acc.count:  # the steps since the last epoch's end
                 log(state["epoch"] + state["batch"] / n_batches)
     finally:
         bar.close()
-        state["rng"] = rng.bit_generator.state
-        state["accumulator"] = acc.state()
+        sync_state()
     return model
+
+
+def _check_resume_args(state, **given):
+    """Refuse options a resumed run cannot take: the checkpoint fixes them."""
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name == "optimizer":
+            raise ValueError("optimizer: not allowed with resume=True (the checkpoint's "
+                             "optimizer and its state continue; pass resume=False to start "
+                             "again with a new one)")
+        if value != state[name]:
+            raise ValueError(f"{name}: the run being resumed has {name}={state[name]!r}, got "
+                             f"{value!r} (leave it out with resume=True, or pass resume=False)")
 
 
 def _corrupted(corrupt, target, rng, model):

@@ -7,6 +7,7 @@ download leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -107,7 +108,8 @@ def _download(urls, dest, algorithm, expected):
     failures = []
     for url in urls:
         try:
-            with atomic_path(dest, ".part") as tmp:
+            # the pid in the name lets a later call tell a dead download's file
+            with atomic_path(dest, f".{os.getpid()}.part") as tmp:
                 _transfer(url, tmp, algorithm, expected)
             return dest
         except (OSError, ValueError, EOFError, http.client.HTTPException) as err:
@@ -124,6 +126,9 @@ def _fetch(name, subdir, urls, algorithm, expected, root=None, download=True):
     folder = data_dir(root) / subdir
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
+    if path.is_dir():
+        raise DatasetError(f"{path} is a directory, expected the data file {name}: remove "
+                           "the directory and try again")
     if path.exists():
         _verify(path, algorithm, expected)
         return path
@@ -131,4 +136,30 @@ def _fetch(name, subdir, urls, algorithm, expected, root=None, download=True):
         raise FileNotFoundError(
             f"{name} is not in {folder} and download=False; place it there (from {urls[0]})"
         )
+    _remove_partial_downloads(folder, name)
     return _download(urls, path, algorithm, expected)
+
+
+def _remove_partial_downloads(folder, name):
+    """Delete the ``.name.*.<pid>.part`` files of downloads whose process is gone (killed).
+
+    A download in progress in another live process keeps its file.
+    """
+    for part in Path(folder).glob(f".{name}.*.part"):
+        pid = part.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            part.unlink()
+
+
+def _alive(pid):
+    if sys.platform == "win32":   # os.kill(pid, 0) there sends Ctrl-C: assume it lives
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True   # it exists (another user's), or we cannot tell: keep its file
+    return True

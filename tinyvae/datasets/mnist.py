@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -136,7 +137,8 @@ def read_idx(path, dtype=None, ndim=None):
     if len(raw) < header:
         raise DatasetError(f"{path} is truncated inside its header")
     shape = tuple(int(s) for s in np.frombuffer(raw, ">u4", file_ndim, offset=4))
-    expected = header + int(np.prod(shape, dtype=np.int64)) * file_dtype.itemsize
+    # Python integers: a product of uint32 sizes overflows any fixed-width integer
+    expected = header + math.prod(shape) * file_dtype.itemsize
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "longer than its header says"
         raise DatasetError(
