@@ -218,7 +218,7 @@ def test_an_existing_run_is_not_overwritten_by_accident(tiny_run, tmp_path, caps
     (["--resolution", "4"], "argument --resolution"),
     (["--model", "ae", "--beta", "2"], "argument --beta"),
     (["--model", "vae", "--capacity", "5"], "argument --capacity"),
-    (["--gamma", "10"], "argument --gamma"),
+    (["--model", "beta-vae", "--gamma", "10"], "argument --gamma"),
     (["--dataset", "imagenet"], "argument --dataset"),
     (["--optimizer", "rmsprop"], "argument --optimizer"),
 ])
@@ -234,8 +234,14 @@ def test_bad_arguments_give_argparse_errors(argv, needle, capsys):
 
 def test_defaults_follow_the_data_set():
     main = runs.resolve_config({"dataset": "dsprites"})
-    assert main["model"] == "beta-vae" and main["beta"] == 4.0 and main["latent"] == 10
+    assert main["model"] == "beta-tcvae" and main["beta"] == 6.0 and main["latent"] == 10
+    assert main["alpha"] == 1.0 and main["gamma"] == 1.0 and main["estimator"] == "mws"
     assert main["steps"] is not None and main["epochs"] is None
+    # the beta-VAE keeps the recipe it was tuned with
+    bvae = runs.resolve_config({"dataset": "dsprites", "model": "beta-vae"})
+    assert (bvae["beta"], bvae["optimizer"], bvae["batch_size"], bvae["steps"]) == (
+        4.0, "adagrad", 64, 30_000)
+    assert bvae["alpha"] is None and bvae["estimator"] is None
     vae = runs.resolve_config({"dataset": "dsprites", "model": "vae"})
     assert vae["beta"] == 1.0
     digits = runs.resolve_config({"dataset": "digits", "epochs": 3})

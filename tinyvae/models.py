@@ -18,6 +18,8 @@ step's cache, and walks the caches back in reverse. The VAE objective per batch:
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from tinyvae import _checks, io, layers, losses, training
@@ -405,10 +407,29 @@ class VAE(_BaseModel):
         # Burgess et al. 2018: gamma |KL - C|; its subgradient is gamma sign(KL - C)
         return self.gamma * abs(kl - c), self.gamma * np.sign(kl - c) / n
 
+    def _forward(self, x, target, eps):
+        """Forward steps 1-3 and the reconstruction term, which every VAE-family loss shares.
+
+        x, target (n, input); eps (n, latent) or None (drawn from the model's generator).
+        Returns a namespace: mu, logvar, eps, z, sigma, kl (n, latent); nll (n,) and
+        dout = (1/n) d nll / d out (n, input); extra (learned-variance gradients);
+        enc_caches, head_cache, dec_caches for the backward.
+        """
+        mu, logvar, enc_caches, head_cache = self._encode_batch(x)
+        if eps is None:
+            eps = self._rng.standard_normal(mu.shape, dtype=self.dtype)
+        z, sigma, kl = losses.reparam_kl_forward(mu, logvar, eps)
+        out, dec_caches = self._decoder_forward(z)
+        nll, dout, extra = self._reconstruction(out, target, 1.0 / x.shape[0])
+        return SimpleNamespace(mu=mu, logvar=logvar, eps=eps, z=z, sigma=sigma, kl=kl, nll=nll,
+                               dout=dout, extra=extra, enc_caches=enc_caches,
+                               head_cache=head_cache, dec_caches=dec_caches)
+
     def _loss(self, x, target, eps, compute_grads):
         """The objective on a batch and its gradient, as the derivation goes.
 
-        Forward (n rows; w = the KL weight beta, or the capacity term's slope):
+        Forward (n rows; w = the KL weight beta, or the capacity term's slope; steps 1-3
+        and the nll run in _forward, one call a step):
           1. mu, logvar = heads(encoder(x))                          _encode_batch
           2. z = mu + sigma * eps,  sigma = exp(0.5 logvar)          losses.reparam_kl_forward
              kl_ij = 0.5 (mu^2 + sigma^2 - 1 - logvar)              (the same fused call)
@@ -424,14 +445,10 @@ class VAE(_BaseModel):
              encoder backward of dh; every dW, db on the way          _encode_backward
         """
         n = x.shape[0]
-        mu, logvar, enc_caches, head_cache = self._encode_batch(x)
-        if eps is None:
-            eps = self._rng.standard_normal(mu.shape, dtype=self.dtype)
-        z, sigma, kl = losses.reparam_kl_forward(mu, logvar, eps)
-        out, dec_caches = self._decoder_forward(z)
-        nll, dout, extra = self._reconstruction(out, target, 1.0 / n)
-        recon = float(nll.mean())
-        kl_per_latent = kl.mean(axis=0)
+        f = self._forward(x, target, eps)
+        mu, eps, sigma = f.mu, f.eps, f.sigma
+        recon, dout, extra = float(f.nll.mean()), f.dout, f.extra
+        kl_per_latent = f.kl.mean(axis=0)
         kl_total = float(kl_per_latent.sum())
         kl_term, dkl = self._kl_term(kl_total, n)
         loss = recon + kl_term
@@ -440,9 +457,9 @@ class VAE(_BaseModel):
         if not compute_grads:
             return loss, None
         grads = dict(extra)
-        dz = self._decoder_backward(dout, dec_caches, grads)
+        dz = self._decoder_backward(dout, f.dec_caches, grads)
         dmu, dlogvar = losses.reparam_kl_backward(dz, mu, eps, sigma, dkl)
-        self._encode_backward(dmu, dlogvar, enc_caches, head_cache, grads)
+        self._encode_backward(dmu, dlogvar, f.enc_caches, f.head_cache, grads)
         return loss, {k: grads[k] for k in self.params}
 
 
@@ -540,7 +557,8 @@ class BetaTCVAE(VAE):
     def _loss(self, x, target, eps, compute_grads):
         """The objective on a batch and its gradient, as the derivation goes.
 
-        Forward (n rows; w = the warm-up weight, 1 after it):
+        Forward (n rows; w = the warm-up weight, 1 after it; steps 1-3 and the nll run
+        in _forward, one call a step):
           1. mu, logvar = heads(encoder(x))                          _encode_batch
           2. z = mu + sigma * eps (and the analytic KL, for the history)
                                                                      losses.reparam_kl_forward
@@ -560,28 +578,24 @@ class BetaTCVAE(VAE):
           1. heads and encoder backward                              _encode_backward
         """
         n = x.shape[0]
-        mu, logvar, enc_caches, head_cache = self._encode_batch(x)
-        if eps is None:
-            eps = self._rng.standard_normal(mu.shape, dtype=self.dtype)
-        z, sigma, kl = losses.reparam_kl_forward(mu, logvar, eps)
-        out, dec_caches = self._decoder_forward(z)
-        nll, dout, extra = self._reconstruction(out, target, 1.0 / n)
-        recon = float(nll.mean())
+        f = self._forward(x, target, eps)
+        mu, eps, sigma = f.mu, f.eps, f.sigma
+        recon, dout, extra = float(f.nll.mean()), f.dout, f.extra
         w = self.penalty_weight()
         penalty, parts, tc_cache = losses.tc_penalty_forward(
-            z, mu, logvar, self.log_weights(n), w * self.alpha, w * self.beta, w * self.gamma)
+            f.z, mu, f.logvar, self.log_weights(n), w * self.alpha, w * self.beta, w * self.gamma)
         loss = recon + penalty
-        kl_per_latent = kl.mean(axis=0)
+        kl_per_latent = f.kl.mean(axis=0)
         self.last_loss_parts_ = {"loss": loss, "recon": recon, "kl": float(kl_per_latent.sum()),
                                  "kl_per_latent": kl_per_latent, **parts}
         if not compute_grads:
             return loss, None
         grads = dict(extra)
-        dz = self._decoder_backward(dout, dec_caches, grads)
+        dz = self._decoder_backward(dout, f.dec_caches, grads)
         dz_penalty, dmu_penalty, dlogvar_penalty = losses.tc_penalty_backward(1.0, tc_cache)
         dmu, dlogvar = losses.reparam_kl_backward(dz + dz_penalty, mu, eps, sigma, 0.0)
-        self._encode_backward(dmu + dmu_penalty, dlogvar + dlogvar_penalty, enc_caches,
-                              head_cache, grads)
+        self._encode_backward(dmu + dmu_penalty, dlogvar + dlogvar_penalty, f.enc_caches,
+                              f.head_cache, grads)
         return loss, {k: grads[k] for k in self.params}
 
 
