@@ -8,7 +8,7 @@ real solution runs (and must pass its check) and the lesson goes on.
 
 The wrong answers of the issue that asked for this: the Bernoulli loss without the 1/n, the KL without
 the 1/2, the beta-VAE loss without beta, a mean instead of a sum over pixels, and log(1 + exp(l)) that
-overflows at +-1000; plus the classic slips of each backward pass.
+overflows at +-1000; plus the classic slips of each backward pass (lesson 4: the total correlation's).
 """
 
 from __future__ import annotations
@@ -119,6 +119,26 @@ WRONG_ANSWERS = {
              r"^reconstruction part of the loss: .*0\.1 times the reference.*do not average"),
             ("log(1 + exp(l)) that overflows", [(STABLE_SOFTPLUS, OVERFLOWING_SOFTPLUS)],
              r"^loss at logits \+-1000: expected finite numbers"),
+        ],
+    },
+    "04_dismantling_disentanglement": {
+        "def tc_backward": [
+            ("the batch mean's 1/B left out",
+             [("dL = dtc / B * (", "dL = dtc * (")],
+             r"^dz vs tv.losses.tc_terms_backward: .*6 times the reference.*divide by B"),
+            ("signs of the joint and marginal terms swapped",
+             [("(joint_softmax[:, :, None] - marginal_softmax)",
+               "(marginal_softmax - joint_softmax[:, :, None])")],
+             r"^dz vs tv.losses.tc_terms_backward: .*-1 times the reference.*signs are swapped"),
+            ("softmax over the wrong axis",
+             [("np.exp(a - logsumexp(a, axis=1)[:, None])", "np.exp(a - logsumexp(a, axis=0)[None, :])")],
+             r"^dz vs tv.losses.tc_terms_backward: rel_error"),
+            ("the log weights left out of the softmax",
+             [("a = log_w + L.sum(axis=2)", "a = L.sum(axis=2)"), ("b = log_w[:, :, None] + L", "b = L")],
+             r"^dz vs tv.losses.tc_terms_backward: rel_error"),
+            ("the marginal term forgotten",
+             [("(joint_softmax[:, :, None] - marginal_softmax)", "joint_softmax[:, :, None]")],
+             r"^dz vs tv.losses.tc_terms_backward: rel_error"),
         ],
     },
 }

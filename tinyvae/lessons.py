@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 
 #: the lessons, in order
-LESSON_NAMES = ("00_backprop_by_hand", "01_autoencoder", "02_vae", "03_beta_vae")
+LESSON_NAMES = ("00_backprop_by_hand", "01_autoencoder", "02_vae", "03_beta_vae",
+                "04_dismantling_disentanglement")
 
 BEGIN_SOLUTION = "# BEGIN SOLUTION"
 END_SOLUTION = "# END SOLUTION"
