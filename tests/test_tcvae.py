@@ -164,6 +164,19 @@ def test_tc_penalty_backward(backend, estimator, B):
     assert rel_error(dlogvar, numerical_grad(lambda v: f(z, mu, v), logvar.copy())) < LAYER_TOL
 
 
+def test_penalty_backward_follows_its_forward_across_a_backend_switch():
+    rng = np.random.default_rng(4)
+    z, mu, logvar = posteriors(rng, 6, 3)
+    lw = losses.log_importance_weights(6, 40, "mss")
+    with tv.use_backend("numba"):
+        _, _, cache = losses.tc_penalty_forward(z, mu, logvar, lw, 1.0, 6.0, 1.0)
+        want = losses.tc_penalty_backward(1.0, cache)
+    with tv.use_backend("numpy"):
+        got = losses.tc_penalty_backward(1.0, cache)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 # ------------------------------------------------------------ kernel vs reference
 
 
@@ -288,6 +301,8 @@ def test_model_refuses_bad_arguments():
         tv.BetaTCVAE(7, (9,), 3, estimator="bogus")
     with pytest.raises(ValueError, match="alpha: expected a finite number >= 0, got -1"):
         tv.BetaTCVAE(7, (9,), 3, alpha=-1)
+    with pytest.raises(ValueError, match="leaky_slope: expected 0 < leaky_slope < 1, got 2"):
+        tv.BetaTCVAE(7, (9,), 3, leaky_slope=2)
     with pytest.raises(ValueError, match="dataset_size: expected a positive integer"):
         tv.BetaTCVAE(7, (9,), 3, dataset_size=0)
     with pytest.raises(ValueError, match="dataset_size: expected the number of training points"):

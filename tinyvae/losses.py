@@ -311,6 +311,14 @@ def logsumexp_backward(dout, cache):
     return np.expand_dims(dout, axis) * weights
 
 
+def standard_normal_log_density(z):
+    """log p(z_i) = sum_k -0.5 (log(2 pi) + z_ik^2) under the prior N(0, I).  z (B, d) -> (B,)
+
+    Its gradient, d/dz = -z, is written where it is used (tc_terms_backward).
+    """
+    return (-0.5 * (LOG_2PI + z * z)).sum(axis=1)
+
+
 def tc_terms_forward(z, mu, logvar, log_weights):
     """The four log densities of the KL decomposition, per sample, from one minibatch.
 
@@ -327,7 +335,7 @@ def tc_terms_forward(z, mu, logvar, log_weights):
     log_qz_x = np.einsum("iik->i", L)
     log_qz, joint_cache = logsumexp_forward(lw + L.sum(axis=2), axis=1)
     log_qz_k, marginal_cache = logsumexp_forward(lw[:, :, None] + L, axis=1)
-    log_pz = (-0.5 * (LOG_2PI + z * z)).sum(axis=1)
+    log_pz = standard_normal_log_density(z)
     cache = (z, density_cache, joint_cache, marginal_cache)
     return log_qz_x, log_qz, log_qz_k.sum(axis=1), log_pz, cache
 
@@ -360,7 +368,7 @@ def tc_penalty_forward(z, mu, logvar, log_weights, alpha, beta, gamma):
     alpha = beta = gamma = 1 leaves mean_i [log q(z_i|x_i) - log p(z_i)], the
     single-sample estimate of the ELBO's KL term. This is the composition of
     tc_terms_forward with the weights; on the Numba backend the (B, B, d) part runs
-    as one fused kernel (tinyvae._tc) that keeps only the softmax weights.
+    as one fused kernel (tinyvae._backend.tc) that keeps only the softmax weights.
     Inputs:  z, mu, logvar (B, d); log_weights (B, B); alpha, beta, gamma floats
     Returns: penalty (float), parts {"mi", "tc", "dwkl"} (batch means, floats), cache
     """
@@ -368,7 +376,7 @@ def tc_penalty_forward(z, mu, logvar, log_weights, alpha, beta, gamma):
     if compiled is not None:
         terms, terms_cache = compiled.tc_terms_forward(z, mu, logvar, log_weights)
         log_qz_x, log_qz, log_qz_marginals = terms
-        log_pz = (-0.5 * (LOG_2PI + z * z)).sum(axis=1)
+        log_pz = standard_normal_log_density(z)
     else:
         log_qz_x, log_qz, log_qz_marginals, log_pz, terms_cache = tc_terms_forward(
             z, mu, logvar, log_weights)
@@ -376,7 +384,8 @@ def tc_penalty_forward(z, mu, logvar, log_weights, alpha, beta, gamma):
              "tc": float(np.mean(log_qz - log_qz_marginals)),
              "dwkl": float(np.mean(log_qz_marginals - log_pz))}
     penalty = alpha * parts["mi"] + beta * parts["tc"] + gamma * parts["dwkl"]
-    return penalty, parts, (z, terms_cache, float(alpha), float(beta), float(gamma))
+    # the backward runs on the path the forward took, whatever the backend is by then
+    return penalty, parts, (z, compiled, terms_cache, float(alpha), float(beta), float(gamma))
 
 
 def tc_penalty_backward(dpenalty, cache):
@@ -386,12 +395,11 @@ def tc_penalty_backward(dpenalty, cache):
     + (gamma - beta) sum_k log q(z_ik) - gamma log p(z_i)], so each term's upstream
     gradient is its coefficient times dpenalty / B.
     """
-    z, terms_cache, alpha, beta, gamma = cache
+    z, compiled, terms_cache, alpha, beta, gamma = cache
     B = z.shape[0]
     scale = dpenalty / B
     upstream = [np.full(B, c * scale, dtype=z.dtype)
                 for c in (alpha, beta - alpha, gamma - beta, -gamma)]
-    compiled = kernels.compiled()
     if compiled is not None:
         return compiled.tc_terms_backward(*upstream, terms_cache)
     return tc_terms_backward(*upstream, terms_cache)

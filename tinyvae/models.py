@@ -45,6 +45,9 @@ class _BaseModel:
     latent_noise = False
     #: the model's name on the command line (tinyvae train --model NAME)
     short_name = None
+    #: the constructor argument that holds the leaky_relu slope (BetaTCVAE's alpha is
+    #: the weight of its MI term, so its slope is called leaky_slope)
+    leaky_slope_name = "alpha"
 
     def __init__(self, input_dim, hidden=(400,), latent_dim=20, likelihood="bernoulli",
                  activation="relu", dtype=np.float32, seed=0, obs_std=0.1, alpha=0.01):
@@ -53,10 +56,11 @@ class _BaseModel:
         self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
         self.likelihood = _checks.one_of("likelihood", likelihood, LIKELIHOODS)
         self.activation = _checks.one_of("activation", activation, layers.ACTIVATIONS)
-        if not 0 < _checks.number("alpha", alpha) < 1:
-            raise ValueError(f"alpha: expected 0 < alpha < 1, got {alpha!r}")
-        # the leaky_relu slope; BetaTCVAE uses the name alpha for its MI weight
-        self.leaky_slope = self.alpha = float(alpha)
+        name = self.leaky_slope_name
+        if not 0 < _checks.number(name, alpha) < 1:
+            raise ValueError(f"{name}: expected 0 < {name} < 1, got {alpha!r}")
+        self.leaky_slope = float(alpha)
+        setattr(self, name, self.leaky_slope)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
@@ -106,7 +110,7 @@ class _BaseModel:
             "input_dim": self.input_dim, "hidden": list(self.hidden),
             "latent_dim": self.latent_dim, "likelihood": self.likelihood,
             "activation": self.activation, "dtype": self.dtype.name, "seed": self.seed,
-            "obs_std": self.obs_std, "alpha": self.leaky_slope,
+            "obs_std": self.obs_std, self.leaky_slope_name: self.leaky_slope,
         }
 
     def __repr__(self):
@@ -503,12 +507,13 @@ class BetaTCVAE(VAE):
     code has and an axis-aligned one has not.
 
     dataset_size=None takes len(X) at the first ``fit``. ``leaky_slope`` is the
-    leaky_relu slope (the other models call it alpha). Warm-up: ``fit(...,
+    leaky_relu slope (the other models call it alpha: see leaky_slope_name). Warm-up: ``fit(...,
     kl_warmup_steps=S)`` raises the whole penalty's weight linearly from 0 over S steps.
     The analytic KL is still computed for the history, the KL bars and active units.
     """
 
     short_name = "beta-tcvae"
+    leaky_slope_name = "leaky_slope"
 
     def __init__(self, input_dim, hidden=(400,), latent_dim=10, likelihood="bernoulli",
                  alpha=1.0, beta=6.0, gamma=1.0, dataset_size=None, estimator="mss",
@@ -517,18 +522,14 @@ class BetaTCVAE(VAE):
                          seed, obs_std, leaky_slope)
         self.alpha = _checks.number("alpha", alpha, 0)
         self.gamma = _checks.number("gamma", gamma, 0)
-        if estimator not in losses.TC_ESTIMATORS:
-            raise ValueError(f"estimator: expected one of {losses.TC_ESTIMATORS}, got {estimator!r}")
-        self.estimator = estimator
+        self.estimator = _checks.one_of("estimator", estimator, losses.TC_ESTIMATORS)
         self.dataset_size = (None if dataset_size is None
                              else _checks.positive_int("dataset_size", dataset_size))
         self._log_weights = {}
 
     def get_config(self):
-        config = {**super().get_config(), "alpha": self.alpha, "gamma": self.gamma,
-                  "dataset_size": self.dataset_size, "estimator": self.estimator,
-                  "leaky_slope": self.leaky_slope}
-        return config
+        return {**super().get_config(), "alpha": self.alpha, "gamma": self.gamma,
+                "dataset_size": self.dataset_size, "estimator": self.estimator}
 
     def fit(self, X, *args, **kwargs):
         """As VAE.fit; a model built with dataset_size=None takes N = len(X) here."""

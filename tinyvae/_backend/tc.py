@@ -140,4 +140,4 @@ def tc_posterior_columns(z, muT, ivT, joint, marginal, g_own, g_joint, g_margina
             diff = z[j, k] - muT[k, j]
             D = diff * ivT[k, j]
             dmuT[k, j] += g_own[j] * D
-            dlogvarT[k, j] += g_own[j] * half * (diff * D - scalar_like(z, 1))
+            dlogvarT[k, j] += g_own[j] * half * (diff * D - one)
