@@ -387,17 +387,6 @@ def _evaluate(args) -> int:
                    not args.quiet, protocols=protocols, codes=args.codes)
 
 
-def _saved_report(folder) -> dict:
-    """The run's report.json, or {} when it has none (or it is unreadable)."""
-    import json
-
-    try:
-        report = json.loads((Path(folder) / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return report if isinstance(report, dict) else {}
-
-
 def _add_traverse(sub):
     tr = sub.add_parser("traverse", help="redraw a run's latent traversal (PNG and GIF)",
                         description="Redraw figures/traversal.png and traversal.gif of a run: "
@@ -433,7 +422,7 @@ def _traverse(args) -> int:
                               f"examples), got {args.index}")
         x = data.X_eval[args.index]
     names = reports.write_traversals(model, data, args.run, span=args.span,
-                                     labels=reports.factor_labels(_saved_report(args.run)),
+                                     labels=reports.factor_labels(reports.read_report(args.run)),
                                      n_steps=args.columns, x=x)
     for name in names:
         print(Path(args.run) / runs.FIGURES_DIR / name)

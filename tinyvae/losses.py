@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyvae import kernels
+from tinyvae import _checks, kernels
 
 LOG_2PI = float(np.log(2 * np.pi))
 
@@ -250,8 +250,7 @@ def log_importance_weights(batch_size, dataset_size, estimator="mss"):
     Returns: (B, B) array in float64.
     """
     B, N = int(batch_size), int(dataset_size)
-    if estimator not in TC_ESTIMATORS:
-        raise ValueError(f"estimator: expected one of {TC_ESTIMATORS}, got {estimator!r}")
+    _checks.one_of("estimator", estimator, TC_ESTIMATORS)
     if N < B:
         raise ValueError(f"dataset_size: expected at least the batch size {B}, got {N}")
     if estimator == "mws" or B == 1:    # a batch of one holds no other point: both are 1/N

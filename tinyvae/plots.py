@@ -29,7 +29,7 @@ from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
-from matplotlib import colormaps
+from matplotlib import colormaps, rcParams
 from matplotlib.figure import Figure
 
 from tinyvae import _checks, metrics
@@ -566,7 +566,8 @@ def seed_spread(values, labels, seeds, path=None, title: str = "") -> Figure:
         raise ValueError(f"labels: expected {len(values)} names like values, got {len(labels)}")
     fig = Figure(figsize=(1.1 * len(labels) + 1.5, 3.4), layout="constrained")
     ax = fig.subplots()
-    colors = _seed_colors(len(seeds))
+    cycle = rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = [cycle[i % len(cycle)] for i in range(len(seeds))]
     offsets = np.linspace(-0.18, 0.18, len(seeds)) if len(seeds) > 1 else [0.0]
     for c, column in enumerate(values):
         found = [v for v in column if v is not None]
@@ -585,9 +586,3 @@ def seed_spread(values, labels, seeds, path=None, title: str = "") -> Figure:
     ax.legend(fontsize=7, loc="upper right", ncols=2)
     return _finish(fig, path)
 
-
-def _seed_colors(n):
-    """n distinct colours of matplotlib's default cycle (repeating past ten)."""
-    cycle = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-             "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
-    return [cycle[i % len(cycle)] for i in range(n)]

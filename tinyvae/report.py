@@ -11,6 +11,7 @@ information matrix behind MIG also says which latent encodes which factor.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -153,6 +154,15 @@ def write_report(folder, report: dict) -> tuple[Path, Path]:
 
     _atomic_text(folder / "report.md", markdown(report))
     return folder / "report.json", folder / "report.md"
+
+
+def read_report(folder) -> dict:
+    """The report.json of a run folder, or {} when it has none (or it is unreadable)."""
+    try:
+        report = json.loads((Path(folder) / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
 
 
 def _fmt(value, digits=3):

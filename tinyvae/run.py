@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import inspect
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyvae import kernels, models, optim, training
+from tinyvae import kernels, losses, models, optim, training
 from tinyvae.io import atomic_path
 
 RUN_FORMAT = "tinyvae-run"
@@ -98,9 +99,11 @@ MODEL_RECIPES = {
 COMMON_DEFAULTS = dict(capacity=None, capacity_steps=None, gamma=None, alpha=None,
                        estimator=None, seed=0)
 #: beta-TCVAE: the weights of index-code MI (alpha), total correlation (beta) and
-#: dimension-wise KL (gamma), and the estimator of log q(z), when not given
-TCVAE_DEFAULTS = dict(alpha=1.0, beta=6.0, gamma=1.0, estimator="mss")
-ESTIMATORS = ("mss", "mws", "mss-columns")
+#: dimension-wise KL (gamma), and the estimator of log q(z), when not given: the
+#: defaults of tv.BetaTCVAE itself
+TCVAE_DEFAULTS = {name: inspect.signature(models.BetaTCVAE).parameters[name].default
+                  for name in ("alpha", "beta", "gamma", "estimator")}
+ESTIMATORS = losses.TC_ESTIMATORS
 #: the spiral is continuous 3-D data: Gaussian decoder with this fixed noise scale
 SPIRAL_NOISE = 0.01
 SPIRAL_OBS_STD = 0.05
