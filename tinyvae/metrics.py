@@ -84,10 +84,6 @@ CODES = ("mean", "sampled")
 # ----------------------------------------------------------------------------
 
 
-def _check_positive_int(value, name, minimum=1):
-    return _checks.int_at_least(name, value, minimum)
-
-
 def _check_choice(value, name, choices):
     if value not in choices:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, "
@@ -194,7 +190,7 @@ def sampled_encoder(model, seed=0, batch_size: int = 256) -> Callable[[np.ndarra
     Returns f(images (n, input_dim)) -> (n, latent_dim) float64.
     """
     _check_model(model, "sampled_encoder")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = _checks.int_at_least("batch_size", batch_size)
     rng = np.random.default_rng(seed)
 
     def encode(X):
@@ -555,10 +551,10 @@ def beta_vae_score(encode, dataset, n_train: int | None = None, n_test: int | No
     settings = _protocol(protocol, "beta_vae")
     encode = _check_encode(encode, "beta_vae_score")
     sizes, varying = _check_dataset(dataset, "beta_vae_score", min_varying=2)
-    n_train = _check_positive_int(settings["n_train"] if n_train is None else n_train,
-                                  "n_train", minimum=2)
-    n_test = _check_positive_int(settings["n_test"] if n_test is None else n_test, "n_test")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    n_train = _checks.int_at_least("n_train", settings["n_train"] if n_train is None
+                                   else n_train, minimum=2)
+    n_test = _checks.int_at_least("n_test", settings["n_test"] if n_test is None else n_test)
+    batch_size = _checks.int_at_least("batch_size", batch_size)
     rng = np.random.default_rng(seed)
     x_train, y_train = _beta_vae_points(encode, dataset, sizes, varying, n_train, batch_size, rng)
     x_test, y_test = _beta_vae_points(encode, dataset, sizes, varying, n_test, batch_size, rng)
@@ -801,7 +797,7 @@ def dci(codes, factors, test_fraction: float = 0.25, n_estimators: int = 10, see
     """
     codes, factors = _check_codes_factors(codes, factors, "dci")
     _check_choice(classifier, "classifier", DCI_CLASSIFIERS)
-    n_estimators = _check_positive_int(n_estimators, "n_estimators")
+    n_estimators = _checks.int_at_least("n_estimators", n_estimators)
     rng = np.random.default_rng(seed)
     x_train, y_train, x_test, y_test = _split(codes, factors, test, test_fraction, rng, "dci")
 
@@ -947,7 +943,7 @@ def mig_chen(mu, logvar, factors, factor_sizes=None, ignore=(), n_samples: int =
     logvar, _ = _check_codes_factors(logvar, factors, "mig_chen")
     if logvar.shape != mu.shape:
         raise ValueError(f"mig_chen: logvar: expected shape {mu.shape}, got {logvar.shape}")
-    n_samples = _check_positive_int(n_samples, "n_samples")
+    n_samples = _checks.int_at_least("n_samples", n_samples)
     k = factors.shape[1]
     if factor_sizes is None:
         factor_sizes = [np.unique(f).size for f in factors.T]
