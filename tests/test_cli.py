@@ -250,3 +250,15 @@ def test_defaults_follow_the_data_set():
     assert adagrad["lr"] == 1e-2
     assert runs.log_interval(12000) == 120 and runs.log_interval(7) == 1
     assert 12000 % runs.log_interval(12000) == 0
+
+
+def test_train_help_names_the_main_jobs_recipe(capsys, monkeypatch):
+    """The help text is built from the recipe table, so it cannot fall behind it."""
+    monkeypatch.setenv("COLUMNS", "400")      # no line breaks inside the names
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    main = runs.RECIPES["dsprites"]
+    assert f"the main job, a {main['model']} (beta = {main['beta']:g})" in text
+    assert f"default: {main['model']} for dsprites" in text
+    assert f"default {main['estimator']} on dsprites" in text

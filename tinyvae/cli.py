@@ -1,6 +1,6 @@
 """Command line: ``tinyvae train | evaluate | traverse | sweep | bench | lessons``.
 
-``tinyvae train`` with no arguments is the main job: a beta-VAE (beta = 4) that
+``tinyvae train`` with no arguments is the main job: a beta-TCVAE (beta = 6) that
 disentangles procedurally rendered dSprites in a few minutes on a laptop, and
 writes a run folder with its checkpoint, history, figures and report.
 """
@@ -93,10 +93,12 @@ def _run_folder(text):
 
 def _add_train(sub):
     train = sub.add_parser(
-        "train", help="train a model and write a run folder (default: the dSprites beta-VAE)",
+        "train", help="train a model and write a run folder (default: the dSprites "
+                            f"{runs.RECIPES['dsprites']['model']})",
         description="Train a model and write a run folder: config.json, checkpoint.npz, "
                     "history.csv, figures/, report.json and report.md. With no arguments: "
-                    "the main job, a beta-VAE (beta = 4) that disentangles dSprites. Options "
+                    f"the main job, a {runs.RECIPES['dsprites']['model']} (beta = "
+                    f"{runs.RECIPES['dsprites']['beta']:g}) that disentangles dSprites. Options "
                     "left out take the data set's defaults (printed at the start).")
     _add_training_options(train)
     out = train.add_argument_group("run folder")
@@ -131,10 +133,10 @@ def _add_training_options(train):
                       help="dSprites / spiral: training examples to draw (dSprites default 100000)")
     model = train.add_argument_group("model")
     model.add_argument("--model", choices=runs.MODELS,
-                       help="default: beta-vae for dsprites, vae otherwise")
+                       help=f"default: {runs.RECIPES['dsprites']['model']} for dsprites, vae otherwise")
     model.add_argument("--beta", type=_float_at_least(0, strict=False),
                        help="KL weight (default 4 for beta-vae, 1 for vae); beta-tcvae: weight "
-                            "of the total correlation (default 6)")
+                            f"of the total correlation (default {runs.TCVAE_DEFAULTS['beta']:g})")
     model.add_argument("--capacity", type=_float_at_least(0, strict=False), metavar="NATS",
                        help="beta-vae: train on recon + gamma |KL - C|, C rising to NATS "
                             "(Burgess et al. 2018)")
@@ -146,8 +148,9 @@ def _add_training_options(train):
     model.add_argument("--alpha", type=_float_at_least(0, strict=False),
                        help="beta-tcvae: weight of the index-code mutual information (default 1)")
     model.add_argument("--estimator", choices=runs.ESTIMATORS,
-                       help="beta-tcvae: minibatch estimator of log q(z) (default mss, "
-                            "stratified sampling)")
+                       help="beta-tcvae: minibatch estimator of log q(z) (default "
+                            f"{runs.RECIPES['dsprites']['estimator']} on dsprites, "
+                            f"{runs.TCVAE_DEFAULTS['estimator']} otherwise)")
     model.add_argument("--latent", type=_positive_int, metavar="D",
                        help="latent dimensions (dsprites 10, digits 8, mnist 20, spiral 2)")
     model.add_argument("--hidden", type=_positive_int, nargs="+", metavar="H",
