@@ -34,10 +34,8 @@ def torch_loss(model, x, eps):
         kl = (0.5 * (mu**2 + logvar.exp() - 1 - logvar)).sum(dim=1).mean()
     else:
         z = h @ p["code.W"] + p["code.b"]
-    h = z
-    for i in range(1, len(model.hidden) + 1):
-        h = act(h @ p[f"dec{i}.W"] + p[f"dec{i}.b"])
-    out = h @ p["out.W"] + p["out.b"]
+    out = torch_broadcast_decoder(model, p, z) if model.decoder == "broadcast" else (
+        torch_mlp_decoder(model, p, z))
     if model.likelihood == "bernoulli":
         recon = torch.nn.functional.binary_cross_entropy_with_logits(
             out, x, reduction="sum") / x.shape[0]
@@ -53,6 +51,30 @@ def torch_loss(model, x, eps):
         loss = recon + getattr(model, "beta", 0.0) * kl
     loss.backward()
     return float(loss.detach()), {k: t.grad.numpy() for k, t in p.items()}
+
+
+def torch_mlp_decoder(model, p, z):
+    act, h = ACT[model.activation], z
+    for i in range(1, len(model.hidden) + 1):
+        h = act(h @ p[f"dec{i}.W"] + p[f"dec{i}.b"])
+    return h @ p["out.W"] + p["out.b"]
+
+
+def torch_broadcast_decoder(model, p, z):
+    """Tile z over the pixels, join each pixel's (x, y), and run the per-pixel network on
+    the joined (n, P, d + 2) tensor, which tinyvae never builds."""
+    act = ACT[model.activation]
+    H, W = model.image_shape
+    y, x = torch.meshgrid(torch.linspace(-1, 1, H, dtype=torch.float64),
+                          torch.linspace(-1, 1, W, dtype=torch.float64), indexing="ij")
+    coords = torch.stack([x.reshape(-1), y.reshape(-1)], dim=1)            # (P, 2)
+    n, P = z.shape[0], H * W
+    joined = torch.cat([z[:, None, :].expand(n, P, z.shape[1]),
+                        coords[None].expand(n, P, 2)], dim=2)
+    h = act(joined @ torch.cat([p["dec1.W"], p["dec1.Wxy"]]) + p["dec1.b"])
+    for i in range(2, len(model.decoder_hidden) + 1):
+        h = act(h @ p[f"dec{i}.W"] + p[f"dec{i}.b"])
+    return (h @ p["out.W"] + p["out.b"])[..., 0]
 
 
 def stratified_weights(B, N, estimator):
@@ -90,6 +112,12 @@ def torch_tc_penalty(model, z, mu, logvar):
     (tv.VAE, {"likelihood": "gaussian", "obs_std": 0.5, "activation": "softplus"}),
     (tv.BetaVAE, {"beta": 4.0, "activation": "leaky_relu"}),
     (tv.BetaVAE, {"capacity_max": 3.0, "gamma": 50.0, "activation": "tanh"}),
+    (tv.BetaTCVAE, {"estimator": "mws", "dataset_size": 50, "decoder": "broadcast",
+                    "decoder_hidden": (5, 4), "image_shape": (1, 11)}),
+    (tv.VAE, {"decoder": "broadcast", "decoder_hidden": (6,), "image_shape": (11, 1),
+              "activation": "softplus", "likelihood": "gaussian", "obs_std": 0.5}),
+    (tv.Autoencoder, {"decoder": "broadcast", "decoder_hidden": (4, 5, 3),
+                      "image_shape": (1, 11), "activation": "tanh"}),
 ])
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_matches_pytorch_autograd(cls, kwargs, backend):

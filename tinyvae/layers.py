@@ -181,10 +181,59 @@ def two_heads_backward(dy1, dy2, cache, need_dx=True):
             np.ascontiguousarray(dW[:, d:]), db[d:].copy())
 
 
+# ------------------------------------------------- spatial broadcast decoder layer
+
+
+def pixel_coordinates(image_shape, dtype=np.float64):
+    """(P, 2) coordinates (x_p, y_p) of every pixel, row-major (P = H W), each in [-1, 1].
+
+    x runs along a row (the column index), y down the image (the row index).
+    """
+    H, W = image_shape
+    y, x = np.meshgrid(np.linspace(-1.0, 1.0, H), np.linspace(-1.0, 1.0, W), indexing="ij")
+    return np.ascontiguousarray(np.stack([x.ravel(), y.ravel()], axis=1), dtype=dtype)
+
+
+def broadcast_forward(z, coords, Wz, Wxy, b, activation="relu", alpha=0.01):
+    """First layer of a spatial broadcast decoder (Watters et al. 2019).
+
+    Each image's latent z_i is copied to every pixel p and joined by that pixel's own
+    coordinates; one dense layer then runs on the joined row:
+        a[i, p] = act([z_i, x_p, y_p] @ [Wz; Wxy] + b) = act(z_i @ Wz + coords_p @ Wxy + b)
+    Speed trick, same maths: the (n P, d + 2) joined matrix is never built; z @ Wz is
+    taken once per image, coords @ Wxy once per pixel, and the two are added by
+    broadcasting.
+    Inputs:  z (n, d), coords (P, 2), Wz (d, h), Wxy (2, h), b (h,)
+    Returns: out (n P, h), row i P + p for image i's pixel p; cache
+    """
+    n, P = z.shape[0], coords.shape[0]
+    pre = kernels.matmul(z, Wz)[:, None, :] + (coords @ Wxy + b)[None, :, :]
+    out = kernels.activate(pre.reshape(n * P, -1), activation, alpha)
+    return out, (z, coords, Wz, out, activation, alpha)
+
+
+def broadcast_backward(dout, cache):
+    """Backward of broadcast_forward.
+
+    da = dout * act'(a) (through the output); every pixel of image i used the same z_i,
+    so its gradient sums over the pixels, g_i = sum_p da[i, p]:
+    dz = g @ Wz.T,  dWz = z.T @ g,  dWxy = coords.T @ (sum_i da[i, p]),  db = sum da
+    Inputs:  dout (n P, h), cache from broadcast_forward
+    Returns: dz (n, d), dWz (d, h), dWxy (2, h), db (h,)
+    """
+    z, coords, Wz, out, activation, alpha = cache
+    n, P = z.shape[0], coords.shape[0]
+    da = kernels.activation_backward(dout, out, activation, alpha).reshape(n, P, -1)
+    per_image, per_pixel = da.sum(axis=1), da.sum(axis=0)
+    dz = kernels.matmul_nt(per_image, Wz)
+    return dz, kernels.matmul_tn(z, per_image), coords.T @ per_pixel, per_pixel.sum(axis=0)
+
+
 __all__ = [
     "linear_forward", "linear_backward", "relu_forward", "relu_backward",
     "leaky_relu_forward", "leaky_relu_backward", "tanh_forward", "tanh_backward",
     "sigmoid_forward", "sigmoid_backward", "softplus_forward", "softplus_backward",
     "dense_forward", "dense_backward", "two_heads_forward", "two_heads_backward",
+    "pixel_coordinates", "broadcast_forward", "broadcast_backward",
     "ACTIVATION_LAYERS", "ACTIVATIONS",
 ]

@@ -9,6 +9,17 @@ Parameters live in ``model.params`` (name -> array; W is (fan_in, fan_out)):
     "out.W" "out.b"                  hidden[0] -> input
     "obs.logvar"                     (input_dim,) learned Gaussian log-variance, if asked for
 
+With ``decoder="broadcast"`` (the spatial broadcast decoder, Watters et al. 2019) the
+decoder is one small network run at every pixel p on the joined row [z, x_p, y_p]:
+
+    "dec1.W" "dec1.Wxy" "dec1.b"     z rows and (x, y) rows of its first layer -> dh[0]
+    "dec2.W" ... "decK.*"            dh[0] -> ... -> dh[-1]     (dh = decoder_hidden)
+    "out.W" "out.b"                  dh[-1] -> 1: that pixel's logit (or mean)
+
+It has to draw a sprite at (x, y) by comparing its own coordinates with the code, which
+an axis-aligned code makes easy and a rotated one does not: the inductive bias that
+lets x and y take a latent each.
+
 ``loss(x, eps) -> (loss, grads)`` runs the forward pass step by step, keeps each
 step's cache, and walks the caches back in reverse. The VAE objective per batch:
 
@@ -25,6 +36,26 @@ import numpy as np
 from tinyvae import _checks, io, layers, losses, training
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+#: "mlp": a dense decoder mirroring the encoder; "broadcast": the spatial broadcast
+#: decoder (Watters et al. 2019), a small network run at every pixel on [z, x, y]
+DECODERS = ("mlp", "broadcast")
+
+
+def _image_shape(image_shape, input_dim, decoder):
+    """(H, W) with H W = input_dim; None is a square image for the broadcast decoder."""
+    if image_shape is None:
+        if decoder == "mlp":
+            return None
+        side = int(round(np.sqrt(input_dim)))
+        if side * side != input_dim:
+            raise ValueError(f"image_shape: the broadcast decoder needs (height, width) "
+                             f"for input_dim {input_dim}, which is not a square; got None")
+        return (side, side)
+    shape = tuple(_checks.sizes("image_shape", image_shape))
+    if len(shape) != 2 or shape[0] * shape[1] != input_dim:
+        raise ValueError(f"image_shape: expected (height, width) with height * width = "
+                         f"input_dim {input_dim}, got {image_shape!r}")
+    return shape
 
 
 def _init_weight(rng, fan_in, fan_out, activation):
@@ -50,10 +81,17 @@ class _BaseModel:
     leaky_slope_name = "alpha"
 
     def __init__(self, input_dim, hidden=(400,), latent_dim=20, likelihood="bernoulli",
-                 activation="relu", dtype=np.float32, seed=0, obs_std=0.1, alpha=0.01):
+                 activation="relu", dtype=np.float32, seed=0, obs_std=0.1, alpha=0.01,
+                 decoder="mlp", decoder_hidden=(32, 32), image_shape=None):
         self.input_dim = _checks.positive_int("input_dim", input_dim)
         self.hidden = _checks.sizes("hidden", hidden)
         self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
+        self.decoder = _checks.one_of("decoder", decoder, DECODERS)
+        self.decoder_hidden = _checks.sizes("decoder_hidden", decoder_hidden)
+        if self.decoder == "broadcast" and not self.decoder_hidden:
+            raise ValueError("decoder_hidden: the broadcast decoder needs at least one "
+                             "hidden layer, got ()")
+        self.image_shape = _image_shape(image_shape, self.input_dim, self.decoder)
         self.likelihood = _checks.one_of("likelihood", likelihood, LIKELIHOODS)
         self.activation = _checks.one_of("activation", activation, layers.ACTIVATIONS)
         name = self.leaky_slope_name
@@ -78,6 +116,8 @@ class _BaseModel:
         self.optimizer_ = None
         self._rng = np.random.default_rng(seed)
         self.params = self._init_params(np.random.default_rng(seed))
+        self._coords = (None if self.decoder == "mlp" else
+                        layers.pixel_coordinates(self.image_shape, self.dtype))
 
     # -- construction -------------------------------------------------------
 
@@ -94,24 +134,47 @@ class _BaseModel:
         for head in self._head_names():
             params[f"{head}.W"] = _init_weight(rng, enc_dims[-1], self.latent_dim, "identity")
             params[f"{head}.b"] = np.zeros(self.latent_dim)
-        dec_dims = (self.latent_dim, *self.hidden[::-1])
-        for i in range(len(self.hidden)):
-            params[f"dec{i + 1}.W"] = _init_weight(rng, dec_dims[i], dec_dims[i + 1], act)
-            params[f"dec{i + 1}.b"] = np.zeros(dec_dims[i + 1])
-        params["out.W"] = _init_weight(rng, dec_dims[-1], self.input_dim, "identity")
-        params["out.b"] = np.zeros(self.input_dim)
+        if self.decoder == "broadcast":
+            params.update(self._init_broadcast_decoder(rng))
+        else:
+            dec_dims = (self.latent_dim, *self.hidden[::-1])
+            for i in range(len(self.hidden)):
+                params[f"dec{i + 1}.W"] = _init_weight(rng, dec_dims[i], dec_dims[i + 1], act)
+                params[f"dec{i + 1}.b"] = np.zeros(dec_dims[i + 1])
+            params["out.W"] = _init_weight(rng, dec_dims[-1], self.input_dim, "identity")
+            params["out.b"] = np.zeros(self.input_dim)
         if self.obs_std == "learned":
             params["obs.logvar"] = np.full(self.input_dim, 2 * np.log(0.1))
         return {k: np.ascontiguousarray(v, dtype=self.dtype) for k, v in params.items()}
 
+    def _init_broadcast_decoder(self, rng):
+        """The per-pixel network: [z, x, y] -> decoder_hidden -> 1 logit (or mean).
+
+        Its first layer is one dense layer on the joined row [z_i, x_p, y_p], drawn as one
+        (d + 2, h) matrix and kept as its z rows "dec1.W" and coordinate rows "dec1.Wxy".
+        """
+        act, d, sizes = self.activation, self.latent_dim, self.decoder_hidden
+        first = _init_weight(rng, d + 2, sizes[0], act)
+        params = {"dec1.W": first[:d], "dec1.Wxy": first[d:], "dec1.b": np.zeros(sizes[0])}
+        for i in range(1, len(sizes)):
+            params[f"dec{i + 1}.W"] = _init_weight(rng, sizes[i - 1], sizes[i], act)
+            params[f"dec{i + 1}.b"] = np.zeros(sizes[i])
+        params["out.W"] = _init_weight(rng, sizes[-1], 1, "identity")
+        params["out.b"] = np.zeros(1)
+        return params
+
     def get_config(self) -> dict:
         """Constructor arguments as a JSON-able dict: ``type(m)(**m.get_config())`` rebuilds it."""
-        return {
+        config = {
             "input_dim": self.input_dim, "hidden": list(self.hidden),
             "latent_dim": self.latent_dim, "likelihood": self.likelihood,
             "activation": self.activation, "dtype": self.dtype.name, "seed": self.seed,
             "obs_std": self.obs_std, self.leaky_slope_name: self.leaky_slope,
         }
+        if self.decoder != "mlp":     # an MLP model's config stays as it always was
+            config.update(decoder=self.decoder, decoder_hidden=list(self.decoder_hidden),
+                          image_shape=list(self.image_shape))
+        return config
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -140,6 +203,8 @@ class _BaseModel:
 
     def _decoder_forward(self, z):
         """z (n, latent) -> decoder output (n, input): logits (Bernoulli) or mean (Gaussian)."""
+        if self.decoder == "broadcast":
+            return self._broadcast_decoder_forward(z)
         h, caches = z, []
         p = self.params
         for i in range(1, len(self.hidden) + 1):
@@ -151,10 +216,39 @@ class _BaseModel:
         return out, caches
 
     def _decoder_backward(self, dout, caches, grads):
+        if self.decoder == "broadcast":
+            return self._broadcast_decoder_backward(dout, caches, grads)
         dh, grads["out.W"], grads["out.b"] = layers.dense_backward(dout, caches[-1])
         for i in range(len(self.hidden), 0, -1):
             dh, grads[f"dec{i}.W"], grads[f"dec{i}.b"] = layers.dense_backward(dh, caches[i - 1])
         return dh
+
+    def _broadcast_decoder_forward(self, z):
+        """The spatial broadcast decoder: one small network per pixel, shared by all pixels.
+
+        pixel p of image i = out(dec_K(... dec_2(act(z_i @ W + coords_p @ Wxy + b)))):
+        rows of every hidden array are (image, pixel) pairs, n P of them.
+        """
+        p, n = self.params, z.shape[0]
+        h, cache = layers.broadcast_forward(z, self._coords, p["dec1.W"], p["dec1.Wxy"],
+                                            p["dec1.b"], self.activation, self.leaky_slope)
+        caches = [cache]
+        for i in range(2, len(self.decoder_hidden) + 1):
+            h, cache = layers.dense_forward(h, p[f"dec{i}.W"], p[f"dec{i}.b"], self.activation,
+                                            self.leaky_slope)
+            caches.append(cache)
+        out, cache = layers.dense_forward(h, p["out.W"], p["out.b"], "identity")
+        caches.append(cache)
+        return out.reshape(n, self.input_dim), caches
+
+    def _broadcast_decoder_backward(self, dout, caches, grads):
+        dh, grads["out.W"], grads["out.b"] = layers.dense_backward(dout.reshape(-1, 1),
+                                                                   caches[-1])
+        for i in range(len(self.decoder_hidden), 1, -1):
+            dh, grads[f"dec{i}.W"], grads[f"dec{i}.b"] = layers.dense_backward(dh, caches[i - 1])
+        dz, grads["dec1.W"], grads["dec1.Wxy"], grads["dec1.b"] = layers.broadcast_backward(
+            dh, caches[0])
+        return dz
 
     # -- likelihood --------------------------------------------------------------
 
@@ -285,9 +379,10 @@ class Autoencoder(_BaseModel):
     short_name = "ae"
 
     def __init__(self, input_dim, hidden=(400,), latent_dim=20, likelihood="bernoulli",
-                 activation="relu", dtype=np.float32, seed=0, obs_std=0.1, alpha=0.01):
+                 activation="relu", dtype=np.float32, seed=0, obs_std=0.1, alpha=0.01,
+                 decoder="mlp", decoder_hidden=(32, 32), image_shape=None):
         super().__init__(input_dim, hidden, latent_dim, likelihood, activation, dtype, seed,
-                         obs_std, alpha)
+                         obs_std, alpha, decoder, decoder_hidden, image_shape)
 
     def _head_names(self):
         return ("code",)
@@ -336,14 +431,14 @@ class VAE(_BaseModel):
 
     def __init__(self, input_dim, hidden=(400,), latent_dim=20, likelihood="bernoulli",
                  beta=1.0, activation="relu", dtype=np.float32, seed=0, obs_std=0.1,
-                 alpha=0.01):
+                 alpha=0.01, decoder="mlp", decoder_hidden=(32, 32), image_shape=None):
         self.beta = _checks.number("beta", beta, 0)
         self.capacity_max = None
         self.capacity_steps = 0
         self.gamma = 0.0
         self.kl_warmup_steps = 0
         super().__init__(input_dim, hidden, latent_dim, likelihood, activation, dtype, seed,
-                         obs_std, alpha)
+                         obs_std, alpha, decoder, decoder_hidden, image_shape)
 
     def _head_names(self):
         return ("mu", "logvar")
@@ -479,9 +574,10 @@ class BetaVAE(VAE):
 
     def __init__(self, input_dim, hidden=(400,), latent_dim=10, likelihood="bernoulli",
                  beta=4.0, activation="relu", dtype=np.float32, seed=0, obs_std=0.1,
-                 alpha=0.01, capacity_max=None, capacity_steps=10000, gamma=100.0):
+                 alpha=0.01, capacity_max=None, capacity_steps=10000, gamma=100.0,
+                 decoder="mlp", decoder_hidden=(32, 32), image_shape=None):
         super().__init__(input_dim, hidden, latent_dim, likelihood, beta, activation, dtype,
-                         seed, obs_std, alpha)
+                         seed, obs_std, alpha, decoder, decoder_hidden, image_shape)
         if capacity_max is not None:
             self.capacity_max = _checks.number("capacity_max", capacity_max, 0)
         self.capacity_steps = _checks.positive_int("capacity_steps", capacity_steps)
@@ -517,9 +613,10 @@ class BetaTCVAE(VAE):
 
     def __init__(self, input_dim, hidden=(400,), latent_dim=10, likelihood="bernoulli",
                  alpha=1.0, beta=6.0, gamma=1.0, dataset_size=None, estimator="mss",
-                 activation="relu", dtype=np.float32, seed=0, obs_std=0.1, leaky_slope=0.01):
+                 activation="relu", dtype=np.float32, seed=0, obs_std=0.1, leaky_slope=0.01,
+                 decoder="mlp", decoder_hidden=(32, 32), image_shape=None):
         super().__init__(input_dim, hidden, latent_dim, likelihood, beta, activation, dtype,
-                         seed, obs_std, leaky_slope)
+                         seed, obs_std, leaky_slope, decoder, decoder_hidden, image_shape)
         self.alpha = _checks.number("alpha", alpha, 0)
         self.gamma = _checks.number("gamma", gamma, 0)
         self.estimator = _checks.one_of("estimator", estimator, losses.TC_ESTIMATORS)
