@@ -47,7 +47,7 @@ def test_train_writes_every_file(tiny_run, capsys):
     assert FIGURES <= {p.name for p in (tiny_run / "figures").iterdir()}
     rep = json.loads((tiny_run / "report.json").read_text())
     assert set(report.REPORT_KEYS) | {"config"} <= set(rep)
-    assert rep["config"]["model"] == "beta-tcvae" and rep["config"]["beta"] == 6.0
+    assert rep["config"]["model"] == "beta-tcvae" and rep["config"]["beta"] == runs.RECIPES["dsprites"]["beta"]
     assert rep["steps"] == 24 and len(rep["kl_per_latent"]) == 3
     assert 0 <= rep["mig"] <= 1 and 0 <= rep["beta_vae_score"] <= 1
     assert set(rep["factor_latent"]) == set(tv.datasets.DSprites.factor_names)
@@ -234,7 +234,8 @@ def test_bad_arguments_give_argparse_errors(argv, needle, capsys):
 
 def test_defaults_follow_the_data_set():
     main = runs.resolve_config({"dataset": "dsprites"})
-    assert main["model"] == "beta-tcvae" and main["beta"] == 6.0 and main["latent"] == 10
+    assert main["model"] == "beta-tcvae" and main["beta"] == 12.0 and main["latent"] == 10
+    assert (main["decoder"], main["decoder_hidden"], main["batch_size"]) == ("broadcast", [32, 32], 64)
     assert main["alpha"] == 1.0 and main["gamma"] == 1.0 and main["estimator"] == "mws"
     assert main["steps"] is not None and main["epochs"] is None
     # the beta-VAE keeps the recipe it was tuned with

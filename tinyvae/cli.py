@@ -32,7 +32,7 @@ EXIT_SIGNAL = {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": 128 + signal.SIGTERM}
 _RESUME_OPTIONS = ("steps", "epochs", "quiet", "quick_eval", "no_report")
 #: training options whose defaults come from the data set's recipe (None = not given)
 _TRAIN_OPTIONS = ("model", "beta", "capacity", "capacity_steps", "gamma", "alpha", "estimator",
-                  "latent", "hidden",
+                  "latent", "hidden", "decoder", "decoder_hidden",
                   "epochs", "steps", "batch_size", "optimizer", "lr", "seed", "resolution",
                   "n_train", "kl_warmup", "activation")
 
@@ -136,7 +136,9 @@ def _add_training_options(train):
                        help=f"default: {runs.RECIPES['dsprites']['model']} for dsprites, vae otherwise")
     model.add_argument("--beta", type=_float_at_least(0, strict=False),
                        help="KL weight (default 4 for beta-vae, 1 for vae); beta-tcvae: weight "
-                            f"of the total correlation (default {runs.TCVAE_DEFAULTS['beta']:g})")
+                            "of the total correlation (default "
+                            f"{runs.RECIPES['dsprites']['beta']:g} on dsprites, "
+                            f"{runs.TCVAE_DEFAULTS['beta']:g} otherwise)")
     model.add_argument("--capacity", type=_float_at_least(0, strict=False), metavar="NATS",
                        help="beta-vae: train on recon + gamma |KL - C|, C rising to NATS "
                             "(Burgess et al. 2018)")
@@ -155,6 +157,14 @@ def _add_training_options(train):
                        help="latent dimensions (dsprites 10, digits 8, mnist 20, spiral 2)")
     model.add_argument("--hidden", type=_positive_int, nargs="+", metavar="H",
                        help="hidden layer sizes, encoder order (the decoder mirrors them)")
+    model.add_argument("--decoder", choices=runs.DECODERS,
+                       help="mlp: dense layers mirroring the encoder; broadcast: the spatial "
+                            "broadcast decoder (Watters et al. 2019), one small network per "
+                            f"pixel on [z, x, y] (default {runs.RECIPES['dsprites']['decoder']} "
+                            "on dsprites, mlp otherwise)")
+    model.add_argument("--decoder-hidden", type=_positive_int, nargs="+", metavar="H",
+                       help="broadcast decoder: its per-pixel layer sizes (default "
+                            f"{' '.join(map(str, runs.BROADCAST_HIDDEN))})")
     model.add_argument("--activation", choices=runs.ACTIVATIONS, help="hidden activation")
     opt = train.add_argument_group("optimisation")
     length = opt.add_mutually_exclusive_group()

@@ -70,10 +70,10 @@ _DEFAULT_LR = {"adam": 1e-3, "adagrad": 1e-2, "sgd": 1e-2}
 #: Per data set, the defaults of every training option. The dSprites entry is the
 #: main job, tuned to disentangle within the time budget (see experiments/main_job.md).
 RECIPES = {
-    "dsprites": dict(model="beta-tcvae", alpha=1.0, beta=6.0, gamma=1.0, estimator="mws",
-                     latent=10, hidden=[256, 256], resolution=32, n_train=100_000,
-                     steps=10_000, epochs=None, batch_size=256, optimizer="adam", lr=1e-3,
-                     kl_warmup=0, activation="relu"),
+    "dsprites": dict(model="beta-tcvae", alpha=1.0, beta=12.0, gamma=1.0, estimator="mws",
+                     latent=10, hidden=[256, 256], decoder="broadcast", decoder_hidden=[32, 32],
+                     resolution=32, n_train=100_000, steps=8_000, epochs=None, batch_size=64,
+                     optimizer="adam", lr=1e-3, kl_warmup=0, activation="relu"),
     "digits": dict(model="vae", beta=1.0, latent=8, hidden=[128], resolution=None,
                    n_train=None, steps=None, epochs=100, batch_size=64,
                    optimizer="adam", lr=1e-3, kl_warmup=0, activation="relu"),
@@ -97,7 +97,10 @@ MODEL_RECIPES = {
 }
 #: options every data set shares; None means "not used" (capacity: the plain beta-VAE loss)
 COMMON_DEFAULTS = dict(capacity=None, capacity_steps=None, gamma=None, alpha=None,
-                       estimator=None, seed=0)
+                       estimator=None, seed=0, decoder="mlp", decoder_hidden=None)
+#: --decoder-hidden when --decoder broadcast is asked for without it: the models' default
+BROADCAST_HIDDEN = list(inspect.signature(models.VAE).parameters["decoder_hidden"].default)
+DECODERS = models.DECODERS
 #: beta-TCVAE: the weights of index-code MI (alpha), total correlation (beta) and
 #: dimension-wise KL (gamma), and the estimator of log q(z), when not given: the
 #: defaults of tv.BetaTCVAE itself
@@ -180,6 +183,14 @@ def resolve_config(options: dict) -> dict:
                                             f"{config['gamma']:g}")
             if config["capacity_steps"] is None:
                 config["capacity_steps"] = config["steps"] or 10_000
+    if config["decoder"] == "mlp":
+        refuse("decoder_hidden", "only the broadcast decoder has per-pixel layers "
+                                 "(use --decoder broadcast)")
+    else:
+        if dataset == "spiral":
+            raise UsageError("--decoder", "the broadcast decoder draws images; the spiral "
+                                          "is 3-D points (use --decoder mlp)")
+        config["decoder_hidden"] = [int(h) for h in config["decoder_hidden"] or BROADCAST_HIDDEN]
     if dataset != "dsprites":
         refuse("resolution", "only the dSprites renderer has a resolution (--dataset dsprites)")
     if dataset in ("digits", "mnist", "fashion-mnist"):
@@ -211,6 +222,8 @@ def memory_needed(config: dict) -> dict:
     layers = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
     n_params = 2 * layers + 2 * widths[-1] * config["latent"]
     activations = config["batch_size"] * (2 * sum(config["hidden"]) + 4 * width) * 4 * 4
+    if config.get("decoder") == "broadcast":    # every hidden layer runs at every pixel
+        activations += config["batch_size"] * width * sum(config["decoder_hidden"]) * 4 * 4
     return {"data": (n_train + n_eval) * width * 4,
             "model": n_params * _BYTES_PER_PARAM + activations}
 
@@ -259,7 +272,9 @@ def describe(config: dict) -> str:
         model += f", capacity {config['capacity']:g} nats)" if config.get("capacity") else ")"
     length = (f"{config['steps']} steps" if config["steps"] is not None
               else f"{config['epochs']} epochs")
-    return (f"{model} on {data}, latent {config['latent']}, hidden {config['hidden']}, "
+    decoder = (f", broadcast decoder {config['decoder_hidden']}"
+               if config.get("decoder", "mlp") == "broadcast" else "")
+    return (f"{model} on {data}, latent {config['latent']}, hidden {config['hidden']}{decoder}, "
             f"{length} of batch {config['batch_size']}, {config['optimizer']} lr {config['lr']:g}, "
             f"seed {config['seed']}")
 
@@ -347,12 +362,18 @@ def load_data(config: dict, with_train: bool = True) -> RunData:
 # ---------------------------------------------------------------------------------------
 
 
-def build_model(config: dict, input_dim: int):
-    """A fresh model for the config (same seed, same initial parameters)."""
+def build_model(config: dict, input_dim: int, image_shape=None):
+    """A fresh model for the config (same seed, same initial parameters).
+
+    image_shape (H, W) of the data: the broadcast decoder draws on that grid.
+    """
     cls = MODEL_CLASSES[config["model"]]
     common = dict(input_dim=input_dim, hidden=tuple(config["hidden"]), latent_dim=config["latent"],
                   likelihood=config["likelihood"], activation=config["activation"],
                   seed=config["seed"])
+    if config.get("decoder", "mlp") != "mlp":
+        common.update(decoder=config["decoder"], decoder_hidden=tuple(config["decoder_hidden"]),
+                      image_shape=tuple(image_shape))
     if config["likelihood"] == "gaussian":
         common["obs_std"] = SPIRAL_OBS_STD
     if cls is models.Autoencoder:
@@ -516,6 +537,7 @@ def check_checkpoint_matches(folder, config: dict, model) -> None:
         "model": (config.get("model"), type(model).short_name),
         "hidden": (list(config.get("hidden") or []), list(model.hidden)),
         "latent": (config.get("latent"), model.latent_dim),
+        "decoder": (config.get("decoder", "mlp"), model.decoder),
         "seed": (config.get("seed"), model.seed),
         "optimizer": (config.get("optimizer"),
                       None if opt is None else _optimizer_name(opt)),
@@ -730,7 +752,7 @@ def train_run(folder: Path, config: dict, resume: bool, progress: bool = True,
                 raise RunError(f"run {str(folder)!r} already finished its {model.step_} steps; "
                                f"pass --steps N with N > {model.step_} to train it longer")
         else:
-            model = build_model(config, data.X.shape[1])
+            model = build_model(config, data.X.shape[1], data.image_shape)
         aside = None if resume else _set_aside(folder)
         saver = _RunSaver(folder, steps, previous.get("train_seconds", 0.0), start, aside)
         saver.saved_step = int(model.step_) if resume else None
