@@ -205,21 +205,30 @@ class _BaseModel:
         """z (n, latent) -> decoder output (n, input): logits (Bernoulli) or mean (Gaussian)."""
         if self.decoder == "broadcast":
             return self._broadcast_decoder_forward(z)
-        h, caches = z, []
+        caches = []
+        return self._dense_layers_forward(z, 1, len(self.hidden), caches), caches
+
+    def _decoder_backward(self, dout, caches, grads):
+        if self.decoder == "broadcast":
+            return self._broadcast_decoder_backward(dout, caches, grads)
+        return self._dense_layers_backward(dout, 1, caches, grads)
+
+    def _dense_layers_forward(self, h, first, last, caches):
+        """Layers dec{first} .. dec{last} (each with the activation), then the linear "out"
+        layer; appends their caches, so that caches[i - 1] is dec{i}'s."""
         p = self.params
-        for i in range(1, len(self.hidden) + 1):
+        for i in range(first, last + 1):
             h, cache = layers.dense_forward(h, p[f"dec{i}.W"], p[f"dec{i}.b"], self.activation,
                                             self.leaky_slope)
             caches.append(cache)
         out, cache = layers.dense_forward(h, p["out.W"], p["out.b"], "identity")
         caches.append(cache)
-        return out, caches
+        return out
 
-    def _decoder_backward(self, dout, caches, grads):
-        if self.decoder == "broadcast":
-            return self._broadcast_decoder_backward(dout, caches, grads)
+    def _dense_layers_backward(self, dout, first, caches, grads):
+        """Backward of _dense_layers_forward: "out", then dec{last} .. dec{first}; returns dh."""
         dh, grads["out.W"], grads["out.b"] = layers.dense_backward(dout, caches[-1])
-        for i in range(len(self.hidden), 0, -1):
+        for i in range(len(caches) - 1, first - 1, -1):
             dh, grads[f"dec{i}.W"], grads[f"dec{i}.b"] = layers.dense_backward(dh, caches[i - 1])
         return dh
 
@@ -233,19 +242,11 @@ class _BaseModel:
         h, cache = layers.broadcast_forward(z, self._coords, p["dec1.W"], p["dec1.Wxy"],
                                             p["dec1.b"], self.activation, self.leaky_slope)
         caches = [cache]
-        for i in range(2, len(self.decoder_hidden) + 1):
-            h, cache = layers.dense_forward(h, p[f"dec{i}.W"], p[f"dec{i}.b"], self.activation,
-                                            self.leaky_slope)
-            caches.append(cache)
-        out, cache = layers.dense_forward(h, p["out.W"], p["out.b"], "identity")
-        caches.append(cache)
+        out = self._dense_layers_forward(h, 2, len(self.decoder_hidden), caches)
         return out.reshape(n, self.input_dim), caches
 
     def _broadcast_decoder_backward(self, dout, caches, grads):
-        dh, grads["out.W"], grads["out.b"] = layers.dense_backward(dout.reshape(-1, 1),
-                                                                   caches[-1])
-        for i in range(len(self.decoder_hidden), 1, -1):
-            dh, grads[f"dec{i}.W"], grads[f"dec{i}.b"] = layers.dense_backward(dh, caches[i - 1])
+        dh = self._dense_layers_backward(dout.reshape(-1, 1), 2, caches, grads)
         dz, grads["dec1.W"], grads["dec1.Wxy"], grads["dec1.b"] = layers.broadcast_backward(
             dh, caches[0])
         return dz
