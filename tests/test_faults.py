@@ -633,3 +633,20 @@ def test_read_idx_sizes_do_not_overflow(tmp_path):
     path.write_bytes(b"\x00\x00\x08\x02" + struct.pack(">II", 2**31, 3) + b"\x00" * 10)
     with pytest.raises(tv.datasets.DatasetError, match="needs 6442450956 bytes"):
         mnist_module.read_idx(path)
+
+
+def test_deferred_interrupt_with_defer_never_raises_inside_the_block():
+    """run.py saves the final checkpoint under defer=True: a second Ctrl-C there must not
+    abandon the save; it is only recorded."""
+    try:
+        with training.deferred_interrupt(defer=True) as flag:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)                   # let the handler run
+    except KeyboardInterrupt:
+        pytest.fail("a second SIGINT raised inside deferred_interrupt(defer=True)")
+    assert flag["hit"] and flag["signal"] == "SIGINT"
+    with pytest.raises(KeyboardInterrupt), training.deferred_interrupt() as flag:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)

@@ -34,7 +34,7 @@ def deferred_interrupt(defer=False):
     it applies an update): then it only takes effect at the end of the step.
     Outside the main thread (where signal handlers cannot be set) the flag never changes.
     """
-    flag = {"hit": False, "signal": None, "defer": False}
+    flag = {"hit": False, "signal": None, "defer": bool(defer)}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
