@@ -137,12 +137,8 @@ class _BaseModel:
         if self.decoder == "broadcast":
             params.update(self._init_broadcast_decoder(rng))
         else:
-            dec_dims = (self.latent_dim, *self.hidden[::-1])
-            for i in range(len(self.hidden)):
-                params[f"dec{i + 1}.W"] = _init_weight(rng, dec_dims[i], dec_dims[i + 1], act)
-                params[f"dec{i + 1}.b"] = np.zeros(dec_dims[i + 1])
-            params["out.W"] = _init_weight(rng, dec_dims[-1], self.input_dim, "identity")
-            params["out.b"] = np.zeros(self.input_dim)
+            params.update(self._init_dense_layers(rng, (self.latent_dim, *self.hidden[::-1]), 1,
+                                                  self.input_dim))
         if self.obs_std == "learned":
             params["obs.logvar"] = np.full(self.input_dim, 2 * np.log(0.1))
         return {k: np.ascontiguousarray(v, dtype=self.dtype) for k, v in params.items()}
@@ -153,14 +149,21 @@ class _BaseModel:
         Its first layer is one dense layer on the joined row [z_i, x_p, y_p], drawn as one
         (d + 2, h) matrix and kept as its z rows "dec1.W" and coordinate rows "dec1.Wxy".
         """
-        act, d, sizes = self.activation, self.latent_dim, self.decoder_hidden
-        first = _init_weight(rng, d + 2, sizes[0], act)
+        d, sizes = self.latent_dim, self.decoder_hidden
+        first = _init_weight(rng, d + 2, sizes[0], self.activation)
         params = {"dec1.W": first[:d], "dec1.Wxy": first[d:], "dec1.b": np.zeros(sizes[0])}
-        for i in range(1, len(sizes)):
-            params[f"dec{i + 1}.W"] = _init_weight(rng, sizes[i - 1], sizes[i], act)
-            params[f"dec{i + 1}.b"] = np.zeros(sizes[i])
-        params["out.W"] = _init_weight(rng, sizes[-1], 1, "identity")
-        params["out.b"] = np.zeros(1)
+        params.update(self._init_dense_layers(rng, sizes, 2, 1))
+        return params
+
+    def _init_dense_layers(self, rng, dims, first, out_dim):
+        """dec{first}, dec{first + 1}, ...: dims[0] -> dims[1] -> ... -> dims[-1], then the
+        linear "out" layer dims[-1] -> out_dim (the layers _dense_layers_forward runs)."""
+        params = {}
+        for i in range(len(dims) - 1):
+            params[f"dec{first + i}.W"] = _init_weight(rng, dims[i], dims[i + 1], self.activation)
+            params[f"dec{first + i}.b"] = np.zeros(dims[i + 1])
+        params["out.W"] = _init_weight(rng, dims[-1], out_dim, "identity")
+        params["out.b"] = np.zeros(out_dim)
         return params
 
     def get_config(self) -> dict:
@@ -289,7 +292,7 @@ class _BaseModel:
 
     def _check_x(self, x, name="x"):
         return _checks.as_batch(name, x, self.input_dim, self.dtype,
-                         unit_interval=self.likelihood == "bernoulli")
+                                unit_interval=self.likelihood == "bernoulli")
 
     # -- the objective ---------------------------------------------------------------
 
@@ -355,8 +358,8 @@ class _BaseModel:
         training.Interrupted names the signal), so a checkpoint saved then resumes exactly.
         """
         return training.train(self, X, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
-                     seed=seed, progress=progress, kl_warmup_steps=kl_warmup_steps,
-                     corrupt=corrupt, resume=resume, log_every=log_every,
+                              seed=seed, progress=progress, kl_warmup_steps=kl_warmup_steps,
+                              corrupt=corrupt, resume=resume, log_every=log_every,
                               callback=callback, steps=steps, checkpoint=checkpoint)
 
     def save(self, path):
