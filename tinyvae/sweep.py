@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 from tinyvae import run as runs
+from tinyvae.datasets.dsprites import FACTOR_NAMES
 
-#: the columns of sweep.csv / sweep.md, in order (per-factor gaps follow MIG)
-COLUMNS = ("seed", "mig", "gap_shape", "gap_scale", "gap_orientation", "gap_pos_x", "gap_pos_y",
+#: the columns of sweep.csv / sweep.md, in order (each dSprites factor's gap follows MIG)
+COLUMNS = ("seed", "mig", *(f"gap_{f}" for f in FACTOR_NAMES),
            "beta_vae_score", "factor_vae_score", "shape_kept", "udr", "recon", "kl",
            "active_units", "wall_seconds")
 #: held-out inputs every model of the sweep encodes for UDR (disentanglement_lib uses 1,000)
@@ -106,8 +107,7 @@ def udr_scores(folders) -> list:
 def table_row(seed: int, report: dict) -> dict:
     """The headline numbers of one report, keyed like COLUMNS (None where absent)."""
     gaps = report.get("mig_per_factor") or {}
-    row = {"seed": seed, **{f"gap_{f}": gaps.get(f) for f in
-                           ("shape", "scale", "orientation", "pos_x", "pos_y")}}
+    row = {"seed": seed, **{f"gap_{f}": gaps.get(f) for f in FACTOR_NAMES}}
     for key in COLUMNS:
         if key not in row:
             row[key] = report.get(key)
