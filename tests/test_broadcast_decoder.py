@@ -89,6 +89,93 @@ def test_model_gradients_in_float64(backend, cls, kwargs):
     assert max(errors.values()) < 1e-7, errors
 
 
+
+def random_pixel_decoder(rng, dtype, n, d, shape, hidden, non_contiguous=False):
+    """(z, coords, first, hidden layers, out) of a decoder with widths `hidden`."""
+    z = rng.standard_normal((n, 2 * d) if non_contiguous else (n, d)).astype(dtype)
+    z = z[:, ::2] if non_contiguous else z
+    coords = layers.pixel_coordinates(shape, dtype)
+    h1 = hidden[0]
+    first = tuple(rng.standard_normal(s).astype(dtype) for s in ((d, h1), (2, h1), (h1,)))
+    dense = [((rng.standard_normal((a, b)) / np.sqrt(a)).astype(dtype),
+              rng.standard_normal(b).astype(dtype)) for a, b in zip(hidden[:-1], hidden[1:], strict=True)]
+    out = (rng.standard_normal((hidden[-1], 1)).astype(dtype), rng.standard_normal(1).astype(dtype))
+    return z, coords, first, dense, out
+
+
+def flat_grads(grads):
+    dz, first, hidden, out = grads
+    return [dz, *first, *(g for layer in hidden for g in layer), *out]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("n", "d", "shape", "hidden", "activation"), [
+    (1, 1, (1, 1), (1,), "relu"),                  # every size 1
+    (3, 5, (3, 5), (7, 9, 3), "relu"),             # odd everything, three hidden layers
+    (2, 4, (4, 4), (32, 32), "sigmoid"),           # the main job's widths
+    (5, 3, (6, 7), (20,), "leaky_relu"),           # one hidden layer
+    (2, 10, (8, 9), (16, 17), "softplus"),
+    (4, 2, (1, 5), (33, 2), "tanh"),               # widths just past a vector block
+])
+def test_pixel_decoder_kernel_matches_its_numpy_definition(dtype, n, d, shape, hidden,
+                                                           activation):
+    """The compiled image-by-image decoder against the layer-by-layer NumPy body, forward
+    and every gradient, on awkward shapes and a non-contiguous z."""
+    rng = np.random.default_rng(sum(hidden) + n)
+    z, coords, first, dense, out = random_pixel_decoder(rng, dtype, n, d, shape, hidden,
+                                                        non_contiguous=True)
+    dout = rng.standard_normal((n, shape[0] * shape[1])).astype(dtype)
+    results = {}
+    for backend in BACKENDS:
+        with tv.use_backend(backend):
+            y, cache = layers.pixel_decoder_forward(z, coords, first, dense, out, activation, 0.1)
+            results[backend] = [y, *flat_grads(layers.pixel_decoder_backward(dout, cache))]
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    for ref, got in zip(results["numpy"], results["numba"], strict=True):
+        assert got.shape == ref.shape and got.dtype == ref.dtype
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pixel_decoder_gradients_match_finite_differences(backend):
+    rng = np.random.default_rng(5)
+    z, coords, first, dense, out = random_pixel_decoder(rng, np.float64, 3, 4, (3, 5), (6, 5))
+    dout = rng.standard_normal((3, 15))
+    with tv.use_backend(backend):
+        _, cache = layers.pixel_decoder_forward(z, coords, first, dense, out, "tanh")
+        dz, dfirst, dhidden, dout_layer = layers.pixel_decoder_backward(dout, cache)
+    inputs = [("z", z, dz), *zip(("Wz", "Wxy", "b"), first, dfirst, strict=True),
+              ("W2", dense[0][0], dhidden[0][0]), ("b2", dense[0][1], dhidden[0][1]),
+              ("W_out", out[0], dout_layer[0]), ("b_out", out[1], dout_layer[1])]
+
+    def f(_):
+        with tv.use_backend(backend):
+            return layers.pixel_decoder_forward(z, coords, first, dense, out, "tanh")[0]
+
+    for name, x, got in inputs:
+        assert gradcheck.rel_error(got, gradcheck.numerical_vjp(f, x, dout)) < 1e-8, name
+
+
+def test_pixel_decoder_kernel_gives_the_same_bits_on_any_thread_count():
+    import numba
+
+    rng = np.random.default_rng(7)
+    z, coords, first, dense, out = random_pixel_decoder(rng, np.float32, 37, 10, (16, 16),
+                                                        (32, 32))
+    dout = rng.standard_normal((37, 256)).astype(np.float32)
+    before, runs_by_threads = numba.get_num_threads(), []
+    try:
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            with tv.use_backend("numba"):
+                y, cache = layers.pixel_decoder_forward(z, coords, first, dense, out)
+                runs_by_threads.append(
+                    [y, *flat_grads(layers.pixel_decoder_backward(dout, cache))])
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(*runs_by_threads, strict=True):
+        np.testing.assert_array_equal(a, b)
+
 def test_parameter_names_and_shapes():
     m = tv.VAE(12, (8,), 3, decoder="broadcast", decoder_hidden=(6, 5), image_shape=(3, 4))
     shapes = {k: v.shape for k, v in m.params.items() if k.startswith(("dec", "out"))}

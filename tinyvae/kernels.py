@@ -125,7 +125,8 @@ def _check_out(out, shape, dtype, *inputs):
             raise ValueError("out: must not overlap an input (the kernel reads while it writes)")
 
 
-def _activation_code(activation: str) -> int:
+def activation_code(activation: str) -> int:
+    """The compiled kernels' integer code of an activation name (ValueError if unknown)."""
     try:
         return ACTIVATION_CODES[activation]
     except KeyError:
@@ -231,7 +232,7 @@ def sigmoid(a: np.ndarray) -> np.ndarray:
 
 def activate(a: np.ndarray, activation: str, alpha: float = 0.01) -> np.ndarray:
     """y = act(a), elementwise, new array.   a (n, d) -> (n, d)."""
-    code = _activation_code(activation)
+    code = activation_code(activation)
     if _numba_active() and a.ndim == 2:
         return _nb().activate(a, code, float(alpha))
     return reference_activate(a, activation, alpha)
@@ -240,7 +241,7 @@ def activate(a: np.ndarray, activation: str, alpha: float = 0.01) -> np.ndarray:
 def activation_backward(dy: np.ndarray, y: np.ndarray, activation: str,
                         alpha: float = 0.01) -> np.ndarray:
     """da = dy * act'(a), with act' expressed through y.   (n, d) -> (n, d)."""
-    code = _activation_code(activation)
+    code = activation_code(activation)
     if _numba_active() and dy.ndim == 2:
         return _nb().activation_backward(dy, y, code, float(alpha))
     return dy * reference_activation_grad(y, activation, alpha)
@@ -257,7 +258,7 @@ def dense_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, activation: str =
 
     x (n, fan_in), W (fan_in, fan_out), b (fan_out,) -> y (n, fan_out)
     """
-    code = _activation_code(activation)
+    code = activation_code(activation)
     _check_operands("x", x, "W", W)
     if x.shape[1] != W.shape[0]:
         raise ValueError(f"W: expected {x.shape[1]} rows to match x {x.shape}, got {W.shape}")
@@ -274,7 +275,7 @@ def activation_bias_backward(dy: np.ndarray, y: np.ndarray, activation: str,
 
     dy, y (n, d) -> da (n, d), db (d,)
     """
-    code = _activation_code(activation)
+    code = activation_code(activation)
     if dy.ndim != 2 or dy.shape != y.shape:
         raise ValueError(f"dy: expected a 2-D array shaped like y {y.shape}, got {dy.shape}")
     if _numba_active():

@@ -229,11 +229,61 @@ def broadcast_backward(dout, cache):
     return dz, kernels.matmul_tn(z, per_image), coords.T @ per_pixel, per_pixel.sum(axis=0)
 
 
+
+def pixel_decoder_forward(z, coords, first, hidden, out, activation="relu", alpha=0.01):
+    """The whole spatial broadcast decoder: one small network, run on every pixel.
+
+        h_1[i, p] = act(z_i @ Wz + coords_p @ Wxy + b)      broadcast_forward
+        h_l[i, p] = act(h_(l-1)[i, p] @ W_l + b_l)          dense_forward, l = 2 .. K
+        out[i, p] = h_K[i, p] @ W_out + b_out               dense_forward, identity
+    The NumPy body below is the definition. Speed trick, same maths: the compiled
+    kernel (tinyvae._backend.pixel_net) runs the network one image at a time, so an
+    image's (P, h) rows stay in cache from layer to layer, and splits images over
+    threads.
+    Inputs:  z (n, d), coords (P, 2), first = (Wz (d, h_1), Wxy (2, h_1), b (h_1,)),
+             hidden = [(W_l, b_l) for l = 2 .. K], out = (W_out (h_K, 1), b_out (1,))
+    Returns: out (n, P), cache
+    """
+    compiled = kernels.compiled()
+    if compiled is not None:
+        code = kernels.activation_code(activation)
+        out, cache = compiled.pixel_decoder_forward(z, coords, first, list(hidden), out, code,
+                                                    alpha)
+        return out, (compiled, cache)
+    n, P = z.shape[0], coords.shape[0]
+    h, cache = broadcast_forward(z, coords, *first, activation, alpha)
+    caches = [cache]
+    for W, b in hidden:
+        h, cache = dense_forward(h, W, b, activation, alpha)
+        caches.append(cache)
+    y, cache = dense_forward(h, *out)
+    caches.append(cache)
+    return y.reshape(n, P), (None, caches)
+
+
+def pixel_decoder_backward(dout, cache):
+    """Backward of pixel_decoder_forward: each layer's backward, last to first.
+
+    Inputs:  dout (n, P), cache from pixel_decoder_forward
+    Returns: dz (n, d), (dWz, dWxy, db), [(dW_l, db_l) for l = 2 .. K], (dW_out, db_out)
+    """
+    compiled, caches = cache
+    if compiled is not None:
+        return compiled.pixel_decoder_backward(dout, caches)
+    dh, dW_out, db_out = dense_backward(dout.reshape(-1, 1), caches[-1])
+    hidden = []
+    for c in caches[-2:0:-1]:
+        dh, dW, db = dense_backward(dh, c)
+        hidden.append((dW, db))
+    dz, dWz, dWxy, db = broadcast_backward(dh, caches[0])
+    return dz, (dWz, dWxy, db), hidden[::-1], (dW_out, db_out)
+
 __all__ = [
     "linear_forward", "linear_backward", "relu_forward", "relu_backward",
     "leaky_relu_forward", "leaky_relu_backward", "tanh_forward", "tanh_backward",
     "sigmoid_forward", "sigmoid_backward", "softplus_forward", "softplus_backward",
     "dense_forward", "dense_backward", "two_heads_forward", "two_heads_backward",
     "pixel_coordinates", "broadcast_forward", "broadcast_backward",
+    "pixel_decoder_forward", "pixel_decoder_backward",
     "ACTIVATION_LAYERS", "ACTIVATIONS",
 ]

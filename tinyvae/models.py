@@ -239,19 +239,21 @@ class _BaseModel:
         """The spatial broadcast decoder: one small network per pixel, shared by all pixels.
 
         pixel p of image i = out(dec_K(... dec_2(act(z_i @ W + coords_p @ Wxy + b)))):
-        rows of every hidden array are (image, pixel) pairs, n P of them.
+        layers.pixel_decoder_forward runs it (every (image, pixel) pair is a row).
         """
-        p, n = self.params, z.shape[0]
-        h, cache = layers.broadcast_forward(z, self._coords, p["dec1.W"], p["dec1.Wxy"],
-                                            p["dec1.b"], self.activation, self.leaky_slope)
-        caches = [cache]
-        out = self._dense_layers_forward(h, 2, len(self.decoder_hidden), caches)
-        return out.reshape(n, self.input_dim), caches
+        p, K = self.params, len(self.decoder_hidden)
+        out, cache = layers.pixel_decoder_forward(
+            z, self._coords, (p["dec1.W"], p["dec1.Wxy"], p["dec1.b"]),
+            [(p[f"dec{i}.W"], p[f"dec{i}.b"]) for i in range(2, K + 1)],
+            (p["out.W"], p["out.b"]), self.activation, self.leaky_slope)
+        return out, cache
 
-    def _broadcast_decoder_backward(self, dout, caches, grads):
-        dh = self._dense_layers_backward(dout.reshape(-1, 1), 2, caches, grads)
-        dz, grads["dec1.W"], grads["dec1.Wxy"], grads["dec1.b"] = layers.broadcast_backward(
-            dh, caches[0])
+    def _broadcast_decoder_backward(self, dout, cache, grads):
+        dz, first, hidden, out = layers.pixel_decoder_backward(dout, cache)
+        grads["dec1.W"], grads["dec1.Wxy"], grads["dec1.b"] = first
+        for i, (dW, db) in enumerate(hidden, start=2):
+            grads[f"dec{i}.W"], grads[f"dec{i}.b"] = dW, db
+        grads["out.W"], grads["out.b"] = out
         return dz
 
     # -- likelihood --------------------------------------------------------------

@@ -7,6 +7,7 @@ dtype, one thread or all) and hand over to the compiled kernels in
 * :mod:`tinyvae._backend.gemm`    packed, register-tiled GEMM with a bias + activation epilogue,
 * :mod:`tinyvae._backend.fused`   single-pass activations, Bernoulli NLL, reparameterization + KL,
 * :mod:`tinyvae._backend.tc`      the (B, B, d) pass of the total-correlation estimators,
+* :mod:`tinyvae._backend.pixel_net` the spatial broadcast decoder, one image at a time,
 * :mod:`tinyvae._backend.updates` vectorised Adam / SGD / Adagrad steps,
 * :mod:`tinyvae._backend.simd`    the 256-bit vector type and operations they are written with.
 
@@ -20,6 +21,7 @@ import math
 import numpy as np
 
 from tinyvae._backend import fused as _fused
+from tinyvae._backend import pixel_net as _pixel_net
 from tinyvae._backend import tc as _tc
 from tinyvae._backend import updates as _updates
 from tinyvae._backend.gemm import gemm, gemm_into
@@ -32,6 +34,7 @@ __all__ = [
     "gemm", "dense_forward", "activate", "activation_backward", "activation_bias_backward",
     "bernoulli_nll_logits", "reparam_kl_forward", "reparam_kl_backward",
     "adam_update", "sgd_update", "adagrad_update", "tc_terms_forward", "tc_terms_backward",
+    "pixel_decoder_forward", "pixel_decoder_backward",
 ]
 
 
@@ -201,3 +204,81 @@ def tc_terms_backward(g_own, g_joint, g_marginal, g_prior, cache):
     _run_ranges(_tc.tc_posterior_columns, (z, mu_t, inv_var_t, joint, marginal, g_own, g_joint,
                                            g_marginal, dmu_t, dlogvar_t), B, parts)
     return dz, np.ascontiguousarray(dmu_t.T), np.ascontiguousarray(dlogvar_t.T)
+
+
+# ----------------------------------------------------------------------------
+# spatial broadcast decoder, image by image
+# ----------------------------------------------------------------------------
+
+
+def _padded(a, shape):
+    """A zero array of `shape` with a in its top-left corner (flat, C order)."""
+    out = np.zeros(shape, a.dtype)
+    out[tuple(slice(0, s) for s in a.shape)] = a
+    return out.reshape(-1)
+
+
+def _image_sum(per_image, padded_shape, shape):
+    """The sum over images (axis 0, in order) of a flat per-image array, padding cut off."""
+    total = per_image.reshape(padded_shape).sum(axis=0)
+    return np.ascontiguousarray(total[tuple(slice(0, s) for s in shape)])
+
+
+def pixel_decoder_forward(z, coords, first, hidden, out, act_code, alpha):
+    """(logits (n, P), cache) of the spatial broadcast decoder; see _backend.pixel_net.
+
+    z (n, d), coords (P, 2), first = (Wz (d, h_1), Wxy (2, h_1), b (h_1,)),
+    hidden = [(W (h_l, h_(l+1)), b), ...], out = (W (h_K, 1), b (1,)).
+    """
+    dtype = z.dtype
+    n, P = z.shape[0], coords.shape[0]
+    block = 2 * VECTOR_BYTES // dtype.itemsize
+    real = [first[0].shape[1]] + [W.shape[1] for W, _ in hidden]
+    dims = np.array([-(-h // block) * block for h in real], np.int64)
+    Pp = -(-P // _pixel_net.TILE_ROWS) * _pixel_net.TILE_ROWS
+    Wz, Wxy, b = first
+    zW = _padded(gemm(np.ascontiguousarray(z), np.ascontiguousarray(Wz), False, False, None), (n, dims[0]))
+    cwb = _padded(coords.astype(dtype, copy=False) @ Wxy + b, (Pp, dims[0]))
+    shapes = list(zip(dims[:-1], dims[1:], strict=True))
+    # a dummy entry keeps the tuples non-empty (typed) for a decoder with one hidden layer
+    Ws = tuple(_padded(W, s) for (W, _), s in zip(hidden, shapes, strict=True)) or (zW,)
+    bs = tuple(_padded(bh, (s[1],)) for (_, bh), s in zip(hidden, shapes, strict=True)) or (zW,)
+    w_out = _padded(out[0][:, 0], (dims[-1],))
+    hs = tuple(np.empty(n * Pp * h, dtype) for h in dims)
+    logits = np.empty(n * P, dtype)
+    args = (zW, cwb, Ws, bs, w_out, dtype.type(out[1][0]), hs, logits, dims, P, Pp, act_code,
+            dtype.type(alpha))
+    parts = _chunks(n * Pp * int(dims.sum()), _fused.PARALLEL_MIN_SIZE)
+    _run_ranges(_pixel_net.forward_images, args, n, parts)
+    cache = (z, coords, first, hidden, real, dims, Pp, hs, w_out, act_code, alpha)
+    return logits.reshape(n, P), cache
+
+
+def pixel_decoder_backward(dlogits, cache):
+    """(dz, (dWz, dWxy, db), [(dW, db), ...], (dW_out, db_out)) from dlogits (n, P)."""
+    z, coords, first, hidden, real, dims, Pp, hs, w_out, act_code, alpha = cache
+    dtype = z.dtype
+    n, P = dlogits.shape
+    shapes = list(zip(dims[:-1], dims[1:], strict=True))
+    WTs = tuple(_padded(W.T, s[::-1]) for (W, _), s in zip(hidden, shapes, strict=True)) or (w_out,)
+    dWs = tuple(np.empty(n * K * N, dtype) for K, N in shapes) or (w_out,)
+    dbs = tuple(np.empty(n * N, dtype) for _, N in shapes) or (w_out,)
+    dw_out, db_out = np.empty(n * dims[-1], dtype), np.empty(n, dtype)
+    g, gxy = np.empty(n * dims[0], dtype), np.empty(n * 2 * dims[0], dtype)
+    args = (_flat(dlogits.astype(dtype, copy=False)), _flat(coords.astype(dtype, copy=False)),
+            hs, WTs, w_out, dims, P, Pp, act_code, dtype.type(alpha), dWs, dbs, dw_out, db_out,
+            g, gxy)
+    parts = _chunks(n * Pp * int(dims.sum()), _fused.PARALLEL_MIN_SIZE)
+    _run_ranges(_pixel_net.backward_images, args, n, parts)
+    # per-image gradients, summed over images in image order (the same on any thread count)
+    g = np.ascontiguousarray(g.reshape(n, dims[0])[:, :real[0]])
+    first_grads = (gemm(np.ascontiguousarray(z), g, True, False, None),
+                   _image_sum(gxy, (n, 2, dims[0]), (2, real[0])), g.sum(axis=0))
+    hidden_grads = [(_image_sum(dW, (n, K, N), (k, m)), _image_sum(db, (n, N), (m,)))
+                    # strict=False: with no dense layer dWs and dbs hold one dummy entry
+                    for dW, db, (K, N), k, m in zip(dWs, dbs, shapes, real[:-1], real[1:],
+                                                    strict=False)]
+    out_grads = (_image_sum(dw_out, (n, dims[-1]), (real[-1],))[:, None],
+                 db_out.sum(keepdims=True))
+    dz = gemm(g, np.ascontiguousarray(first[0]), False, True, None)
+    return dz, first_grads, hidden_grads, out_grads

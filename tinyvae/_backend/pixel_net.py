@@ -1,0 +1,209 @@
+"""Numba kernels for the spatial broadcast decoder, run image by image.
+
+The NumPy definition is :func:`tinyvae.layers.pixel_decoder_forward` / ``_backward``:
+``broadcast_forward``, a ``dense_forward`` per hidden layer and a linear output
+layer, each over all n P (image, pixel) rows at once. At the main job's size
+(64 images x 1,024 pixels x 32 units) every hidden array is 8 MB, so each of
+those passes goes to memory and back, and the 32 -> 1 output layer is a GEMM with
+one column. Here the same network runs one image at a time: its P rows of each
+layer (P x 32 floats, 128 KB) stay in cache from one layer to the next, the
+output layer is a dot product per pixel, and images are split over threads.
+
+Layout. Every array is flat (1-D, C order). Hidden widths are padded to ``2 *
+lanes`` columns (zero weights and biases: a padded unit holds act(0), and the
+next layer's padded weight rows are zero, so it adds nothing) and each image's
+pixel rows to a multiple of 4 (the register tile's height). Padded pixels get a
+zero output gradient, so they add nothing to any weight gradient.
+
+Weight gradients are written per image and summed over images by the caller in
+image order: results do not depend on the number of threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tinyvae._backend.fused import activation_grad_into, apply_activation
+from tinyvae._backend.numba_flags import njit
+from tinyvae._backend.simd import lanes, vbroadcast, vfma, vload, vsplat, vstore
+
+#: pixel rows of one register tile; every image's rows are padded to a multiple of it
+TILE_ROWS = 4
+#: pixel rows per block of the weight-gradient product (two (128, 32) float32 blocks
+#: stay in the 32 KB L1 cache while every tile of dW passes over them)
+GRAD_BLOCK_ROWS = 128
+
+
+@njit
+def tile_products(A, a_off, a_rs, a_ts, B, b_off, b_ts, T, C, c_off, c_rs, M, N, bias,
+                  accumulate):
+    """C[m, c] = init + sum_t A[a_off + m a_rs + t a_ts] B[b_off + t b_ts + c], m < M, c < N.
+
+    init is C[m, c] itself (accumulate) or bias[c]. A GEMM on flat arrays with
+    arbitrary strides for A, so one register tile (4 rows x 2 vectors, 8 FMAs per t)
+    serves x @ W (a_rs = row stride, a_ts = 1), d @ W.T (the same with W.T) and
+    x.T @ d (a_rs = 1, a_ts = row stride). M is a multiple of 4, N of 2 lanes.
+    """
+    L = lanes(C)
+    for m in range(0, M, TILE_ROWS):
+        for c in range(0, N, 2 * L):
+            c0 = c_off + m * c_rs + c
+            if accumulate:
+                acc00, acc01 = vload(C, c0), vload(C, c0 + L)
+                acc10, acc11 = vload(C, c0 + c_rs), vload(C, c0 + c_rs + L)
+                acc20, acc21 = vload(C, c0 + 2 * c_rs), vload(C, c0 + 2 * c_rs + L)
+                acc30, acc31 = vload(C, c0 + 3 * c_rs), vload(C, c0 + 3 * c_rs + L)
+            else:
+                acc00, acc01 = vload(bias, c), vload(bias, c + L)
+                acc10, acc11 = acc00, acc01
+                acc20, acc21 = acc00, acc01
+                acc30, acc31 = acc00, acc01
+            a0 = a_off + m * a_rs
+            for t in range(T):
+                bp = b_off + t * b_ts + c
+                b0, b1 = vload(B, bp), vload(B, bp + L)
+                ap = a0 + t * a_ts
+                x = vbroadcast(A, ap)
+                acc00, acc01 = vfma(x, b0, acc00), vfma(x, b1, acc01)
+                x = vbroadcast(A, ap + a_rs)
+                acc10, acc11 = vfma(x, b0, acc10), vfma(x, b1, acc11)
+                x = vbroadcast(A, ap + 2 * a_rs)
+                acc20, acc21 = vfma(x, b0, acc20), vfma(x, b1, acc21)
+                x = vbroadcast(A, ap + 3 * a_rs)
+                acc30, acc31 = vfma(x, b0, acc30), vfma(x, b1, acc31)
+            vstore(C, c0, acc00)
+            vstore(C, c0 + L, acc01)
+            vstore(C, c0 + c_rs, acc10)
+            vstore(C, c0 + c_rs + L, acc11)
+            vstore(C, c0 + 2 * c_rs, acc20)
+            vstore(C, c0 + 2 * c_rs + L, acc21)
+            vstore(C, c0 + 3 * c_rs, acc30)
+            vstore(C, c0 + 3 * c_rs + L, acc31)
+
+
+@njit
+def _first_layer(zW, cwb, h, i, Pp, H, act, alpha):
+    """Image i's rows of layer 1: h[p] = act(zW[i] + cwb[p]), cwb = coords @ Wxy + b."""
+    L = lanes(h)
+    base = i * Pp * H
+    for p in range(Pp):
+        for j in range(0, H, L):
+            vstore(h, base + p * H + j, vload(zW, i * H + j) + vload(cwb, p * H + j))
+    apply_activation(h[base:base + Pp * H], act, alpha)
+
+
+@njit
+def forward_images(zW, cwb, Ws, bs, w_out, b_out, hs, logits, dims, P, Pp, act, alpha, lo, hi):
+    """Images lo..hi of the forward: every hidden layer into hs, the output into logits.
+
+    zW (n H_1) = z @ Wz; cwb (Pp H_1); Ws[l - 1] (H_l x H_(l+1)) and bs[l - 1] for the
+    dense layers; w_out (H_K,), b_out scalar; hs[l] (n Pp H_(l+1)); logits (n P).
+    """
+    depth = dims.size
+    for i in range(lo, hi):
+        _first_layer(zW, cwb, hs[0], i, Pp, dims[0], act, alpha)
+        for l in range(1, depth):
+            K, N = dims[l - 1], dims[l]
+            tile_products(hs[l - 1], i * Pp * K, K, 1, Ws[l - 1], 0, N, K,
+                          hs[l], i * Pp * N, N, Pp, N, bs[l - 1], False)
+            apply_activation(hs[l][i * Pp * N:(i + 1) * Pp * N], act, alpha)
+        last, K = hs[depth - 1], dims[depth - 1]
+        for p in range(P):
+            s = b_out
+            for k in range(K):
+                s += last[(i * Pp + p) * K + k] * w_out[k]
+            logits[i * P + p] = s
+
+
+@njit
+def _output_layer_backward(dlogits, last, w_out, d, i, P, K, Pp, dw_out, db_out):
+    """d[p] = dlogits[i, p] w_out (dh of the last hidden layer); image i's dw_out, db_out.
+
+    Columns outer, pixels inner: each column block's sum stays in a register.
+    """
+    L = lanes(d)
+    zero = dlogits[0] * 0
+    for j in range(0, K, L):
+        w = vload(w_out, j)
+        acc = vsplat(d, zero)
+        for p in range(P):
+            g = vbroadcast(dlogits, i * P + p)
+            vstore(d, p * K + j, g * w)
+            acc = vfma(g, vload(last, (i * Pp + p) * K + j), acc)
+        vstore(dw_out, i * K + j, acc)
+    for p in range(P * K, Pp * K):   # padded pixels: no gradient
+        d[p] = zero
+    db = zero
+    for p in range(P):
+        db += dlogits[i * P + p]
+    db_out[i] = db
+
+
+@njit
+def _bias_grad(d, rows, N, db, off):
+    """db[off + j] = sum over rows of d[r, j] (a register per column block)."""
+    L = lanes(d)
+    for j in range(0, N, L):
+        acc = vsplat(d, d[0] * 0)
+        for r in range(rows):
+            acc = acc + vload(d, r * N + j)
+        vstore(db, off + j, acc)
+
+
+@njit
+def _weight_grad(h, h_off, K, d, N, Pp, dW, w_off, zeros):
+    """dW[w_off:] (K x N) = h_block.T @ d over Pp rows, in blocks of rows that stay in L1."""
+    for r0 in range(0, Pp, GRAD_BLOCK_ROWS):
+        rows = min(GRAD_BLOCK_ROWS, Pp - r0)
+        tile_products(h, h_off + r0 * K, 1, K, d, r0 * N, N, rows, dW, w_off, N, K, N, zeros,
+                      r0 > 0)
+
+
+@njit
+def _first_layer_backward(d, coords, P, H, i, g, gxy):
+    """g[i] = sum_p d[p] (the gradient of z_i @ Wz + b), gxy[i] = coords.T @ d (of Wxy)."""
+    L = lanes(d)
+    zero = d[0] * 0
+    for j in range(0, H, L):
+        acc, acc_x, acc_y = vsplat(d, zero), vsplat(d, zero), vsplat(d, zero)
+        for p in range(P):
+            v = vload(d, p * H + j)
+            acc = acc + v
+            acc_x = vfma(vbroadcast(coords, 2 * p), v, acc_x)
+            acc_y = vfma(vbroadcast(coords, 2 * p + 1), v, acc_y)
+        vstore(g, i * H + j, acc)
+        vstore(gxy, i * 2 * H + j, acc_x)
+        vstore(gxy, i * 2 * H + H + j, acc_y)
+
+
+@njit
+def backward_images(dlogits, coords, hs, WTs, w_out, dims, P, Pp, act, alpha, dWs, dbs,
+                    dw_out, db_out, g, gxy, lo, hi):
+    """Images lo..hi of the backward; every weight gradient is written per image.
+
+    dlogits (n P); WTs[l - 1] (H_(l+1) x H_l) the dense weights transposed; dWs[l - 1]
+    (n H_l H_(l+1)), dbs[l - 1] (n H_(l+1)), dw_out (n H_K), db_out (n,), g (n H_1),
+    gxy (n 2 H_1): per image, summed over images by the caller.
+    """
+    depth = dims.size
+    width = dims.max()
+    zeros = np.zeros(width, w_out.dtype)
+    for i in range(lo, hi):
+        d = np.empty(Pp * width, w_out.dtype)
+        e = np.empty(Pp * width, w_out.dtype)
+        l = depth - 1
+        N = dims[l]
+        _output_layer_backward(dlogits, hs[l], w_out, d, i, P, N, Pp, dw_out, db_out)
+        size = Pp * N
+        activation_grad_into(d[:size], hs[l][i * size:(i + 1) * size], act, alpha, d[:size])
+        while l > 0:
+            K, N = dims[l - 1], dims[l]
+            _bias_grad(d, P, N, dbs[l - 1], i * N)
+            _weight_grad(hs[l - 1], i * Pp * K, K, d, N, Pp, dWs[l - 1], i * K * N, zeros)
+            tile_products(d, 0, N, 1, WTs[l - 1], 0, K, N, e, 0, K, Pp, K, zeros, False)
+            size = Pp * K
+            activation_grad_into(e[:size], hs[l - 1][i * size:(i + 1) * size], act, alpha,
+                                 e[:size])
+            d, e = e, d
+            l -= 1
+        _first_layer_backward(d, coords, P, dims[0], i, g, gxy)
