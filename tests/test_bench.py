@@ -53,3 +53,42 @@ def test_interleaved_times_settles_each_turn_untimed():
                                     settle_seconds=0.02)
     assert [len(t) for t in times] == [2, 2]  # block - settle timed calls per turn
     assert calls.count("a") > 3 and calls.count("b") > 3  # plus the untimed settling runs
+
+
+def test_bench_step_times_the_main_job_model(capsys):
+    assert cli.main(["bench", "step", "--quick", "--threads", "1", "--no-torch",
+                     "--model", "main-job"]) == 0
+    assert "main-job" in capsys.readouterr().out
+
+
+def test_main_job_flops_count_every_pixel_row():
+    config = bench.main_job_config()
+    assert config["model"] == "beta-tcvae" and config["decoder"] == "broadcast"
+    P, (h1, h2) = config["resolution"] ** 2, config["decoder_hidden"]
+    encoder = bench.layer_shapes(P, tuple(config["hidden"]), config["latent"])[:3]
+    per_pixel = 2.0 * 64 * P * (h1 * h2 + h2)
+    rest = 3 * 2.0 * 64 * config["latent"] * h1 + 2 * 2.0 * P * 2 * h1
+    assert bench.main_job_gemm_flops(64, config) == bench.gemm_flops(64, encoder) \
+        + 3 * per_pixel + rest
+
+
+def test_torch_main_job_computes_tinyvaes_loss():
+    """Same model, same loss: the PyTorch contender, given tinyvae's parameters, gives the
+    loss tinyvae's BetaTCVAE gives on the same batch and noise."""
+    torch = pytest.importorskip("torch")
+    import tinyvae as tv
+    from tinyvae import run
+
+    config = bench.main_job_config(quick=True)
+    side = config["resolution"]
+    model = run.build_model(config, side * side, (side, side))
+    rng = np.random.default_rng(0)
+    x = (rng.random((7, side * side)) < 0.3).astype(np.float32)
+    eps = rng.standard_normal((7, config["latent"])).astype(np.float32)
+    with tv.use_backend("numpy"):
+        loss, _ = model.loss(x, eps=eps)
+    theirs = bench.TorchMainJob(config)
+    theirs.load_from(model.params)
+    with torch.no_grad():
+        torch_loss = theirs.loss(torch.from_numpy(x), torch.from_numpy(eps)).item()
+    assert torch_loss == pytest.approx(float(loss), rel=1e-5)

@@ -48,9 +48,15 @@ GEMM_BATCHES = (64, 128, 256)
 #: tiny shapes for --quick (a smoke run: seconds, compile time aside)
 QUICK_LAYERS = ((40, 24),)
 QUICK_BATCHES = (8,)
-#: input_dim, hidden, latent of the step benchmark's models
+#: input_dim, hidden, latent of the step benchmark's VAEs (Bernoulli, MLP decoder)
 STEP_MODELS = {"canonical": (784, (400,), 20), "deep": (784, (512, 256), 10)}
 QUICK_MODEL = (64, (32,), 4)
+#: the main job's model and objective: tinyvae train's dSprites recipe (run.RECIPES),
+#: a beta-TCVAE with the spatial broadcast decoder
+MAIN_JOB = "main-job"
+STEP_MODEL_NAMES = (*STEP_MODELS, MAIN_JOB)
+#: recipe changes that make the main job's model tiny, for --quick
+QUICK_MAIN_JOB = dict(resolution=4, hidden=[16], decoder_hidden=[8], latent=3)
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
@@ -246,13 +252,42 @@ def gemm_flops(batch, shapes):
     return 2 * sum(per) + sum(per[1:])
 
 
-def tinyvae_step(dims, x, eps, backend):
-    """A closure running one tinyvae training step (loss + grads + Adam) with `backend`."""
-    import tinyvae as tv
+def main_job_config(quick=False):
+    """The config tinyvae train runs with no arguments (tiny with quick=True)."""
+    from tinyvae import run
 
-    input_dim, hidden, latent = dims
-    model = tv.VAE(input_dim=input_dim, hidden=hidden, latent_dim=latent,
-                   likelihood="bernoulli", dtype=np.float32, seed=0)
+    return run.resolve_config(QUICK_MAIN_JOB if quick else {})
+
+
+def main_job_gemm_flops(batch, config):
+    """GEMM FLOPs of one main-job step: the encoder as gemm_flops counts it, and the
+    broadcast decoder's layers, whose rows are the batch x P (image, pixel) pairs:
+    forward, weight and input gradients of dec2 .. out, and of dec1's z @ Wz (its
+    coords @ Wxy is one (P, 2) @ (2, h) product and its gradient, counted too)."""
+    P = config["resolution"] ** 2
+    hidden, latent = tuple(config["hidden"]), config["latent"]
+    encoder = layer_shapes(P, hidden, latent)[:len(hidden) + 1]
+    widths = (*config["decoder_hidden"], 1)
+    per_pixel = [2.0 * batch * P * fi * fo for fi, fo in zip(widths[:-1], widths[1:],
+                                                              strict=True)]
+    first = 2.0 * batch * latent * widths[0]
+    coords = 2.0 * P * 2 * widths[0]
+    return gemm_flops(batch, encoder) + 3 * (sum(per_pixel) + first) + 2 * coords
+
+
+def tinyvae_step(dims, x, eps, backend, config=None):
+    """A closure running one tinyvae training step (loss + grads + Adam) with `backend`:
+    the VAE of dims = (input_dim, hidden, latent), or the model of a run config."""
+    import tinyvae as tv
+    from tinyvae import run
+
+    if config is not None:
+        side = config["resolution"]
+        model = run.build_model(config, side * side, (side, side))
+    else:
+        input_dim, hidden, latent = dims
+        model = tv.VAE(input_dim=input_dim, hidden=hidden, latent_dim=latent,
+                       likelihood="bernoulli", dtype=np.float32, seed=0)
     opt = tv.Adam(lr=1e-3)
 
     def step():
@@ -311,6 +346,109 @@ def torch_step(dims, x, eps):
     return step
 
 
+class TorchMainJob:
+    """The main job's model and loss in PyTorch: an MLP encoder, the spatial broadcast
+    decoder (one network per pixel on [z, x_p, y_p]) and the beta-TCVAE objective with
+    minibatch weighted sampling, as tinyvae's BetaTCVAE computes it (MWS only)."""
+
+    def __init__(self, config):
+        import torch
+        from torch import nn
+
+        from tinyvae import layers
+
+        if config["estimator"] != "mws":
+            raise ValueError(f"estimator: the PyTorch main job has 'mws' only, got "
+                             f"{config['estimator']!r}")
+        self.torch, self.config = torch, config
+        side, latent = config["resolution"], config["latent"]
+        torch.manual_seed(0)
+        self.coords = torch.from_numpy(layers.pixel_coordinates((side, side), np.float32))
+        sizes = (side * side, *config["hidden"])
+        self.encoder = nn.Sequential(*(m for fi, fo in zip(sizes[:-1], sizes[1:], strict=True)
+                                       for m in (nn.Linear(fi, fo), nn.ReLU())),
+                                     nn.Linear(sizes[-1], 2 * latent))
+        h = config["decoder_hidden"]
+        self.dec_z, self.dec_xy = nn.Linear(latent, h[0]), nn.Linear(2, h[0], bias=False)
+        self.dec_hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(h[:-1], h[1:],
+                                                                        strict=True))
+        self.dec_out = nn.Linear(h[-1], 1)
+        self.modules = [self.encoder, self.dec_z, self.dec_xy, self.dec_hidden, self.dec_out]
+
+    def parameters(self):
+        return [p for m in self.modules for p in m.parameters()]
+
+    def decode(self, z):
+        torch = self.torch
+        a = torch.relu(self.dec_z(z)[:, None, :] + self.dec_xy(self.coords)[None])
+        for layer in self.dec_hidden:
+            a = torch.relu(layer(a))
+        return self.dec_out(a)[..., 0]
+
+    def loss(self, x, eps):
+        """Mean over the batch of -log p(x|z) + alpha MI + beta TC + gamma dimension-wise KL."""
+        torch, c = self.torch, self.config
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        n = x.shape[0]
+        nll = torch.nn.functional.binary_cross_entropy_with_logits(
+            self.decode(z), x, reduction="sum") / n
+        log_2pi = float(np.log(2 * np.pi))
+
+        def log_density(z, mu, logvar):
+            return -0.5 * (log_2pi + logvar + (z - mu) ** 2 * torch.exp(-logvar))
+
+        L = log_density(z[:, None], mu[None], logvar[None])              # (B, B, d)
+        log_nb = float(np.log(c["n_train"] * n))
+        log_qz_x = log_density(z, mu, logvar).sum(1)
+        log_qz = torch.logsumexp(L.sum(2), 1) - log_nb
+        log_qz_k = (torch.logsumexp(L, 1) - log_nb).sum(1)
+        log_pz = (-0.5 * (log_2pi + z ** 2)).sum(1)
+        penalty = (c["alpha"] * (log_qz_x - log_qz) + c["beta"] * (log_qz - log_qz_k)
+                   + c["gamma"] * (log_qz_k - log_pz))
+        return nll + penalty.mean()
+
+    def load_from(self, params):
+        """Copy a tinyvae BetaTCVAE's parameters (a dict of arrays) into this model."""
+        torch = self.torch
+        enc = [m for m in self.encoder if isinstance(m, torch.nn.Linear)]
+        pairs = [(enc[i], f"enc{i + 1}") for i in range(len(enc) - 1)]
+        with torch.no_grad():
+            for layer, name in pairs:
+                layer.weight.copy_(torch.from_numpy(params[f"{name}.W"].T))
+                layer.bias.copy_(torch.from_numpy(params[f"{name}.b"]))
+            enc[-1].weight.copy_(torch.from_numpy(
+                np.concatenate([params["mu.W"], params["logvar.W"]], axis=1).T))
+            enc[-1].bias.copy_(torch.from_numpy(np.concatenate([params["mu.b"],
+                                                                params["logvar.b"]])))
+            self.dec_z.weight.copy_(torch.from_numpy(params["dec1.W"].T))
+            self.dec_z.bias.copy_(torch.from_numpy(params["dec1.b"]))
+            self.dec_xy.weight.copy_(torch.from_numpy(params["dec1.Wxy"].T))
+            for i, layer in enumerate(self.dec_hidden, start=2):
+                layer.weight.copy_(torch.from_numpy(params[f"dec{i}.W"].T))
+                layer.bias.copy_(torch.from_numpy(params[f"dec{i}.b"]))
+            self.dec_out.weight.copy_(torch.from_numpy(params["out.W"].T))
+            self.dec_out.bias.copy_(torch.from_numpy(params["out.b"]))
+
+
+def torch_main_job_step(config, x, eps):
+    """One PyTorch main-job training step with Adam(fused=True)."""
+    import torch
+
+    model = TorchMainJob(config)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    tx, teps = torch.from_numpy(x), torch.from_numpy(eps)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = model.loss(tx, teps)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
 def blas_rate(batch, fan_in, fan_out, clock="wall", settle_seconds=0.0):
     """numpy.matmul FLOP/s at (batch, fan_in) @ (fan_in, fan_out), float32, current threads."""
     rng = np.random.default_rng(0)
@@ -330,30 +468,42 @@ def torch_available() -> bool:
 
 
 def run_step(models=("canonical",), batches=(64, 128), threads=(1, 2), min_time=2.0,
-             use_torch=True, clock="wall", model_dims=None, settle=SETTLE_SECONDS, out=None):
-    """Print the steps/s table; return {(model, batch, threads): {contender: seconds}}."""
+             use_torch=True, clock="wall", model_dims=None, settle=SETTLE_SECONDS, out=None,
+             quick=False):
+    """Print the steps/s table; return {(model, batch, threads): {contender: seconds}}.
+
+    models: names in STEP_MODEL_NAMES; model_dims (input_dim, hidden, latent) times one
+    custom VAE instead; quick times tiny models (QUICK_MODEL, QUICK_MAIN_JOB).
+    """
     out = out or sys.stdout
     if use_torch and not torch_available():
         print("PyTorch is not installed: timing tinyvae only", file=out)
         use_torch = False
     rows, results = [], {}
     for name in ("custom",) if model_dims else models:
-        dims = model_dims or STEP_MODELS[name]
+        config = main_job_config(quick) if name == MAIN_JOB else None
+        if config is not None:
+            dims = (config["resolution"] ** 2, tuple(config["hidden"]), config["latent"])
+        else:
+            dims = model_dims or (QUICK_MODEL if quick else STEP_MODELS[name])
         for batch in batches:
             rng = np.random.default_rng(0)
             x = (rng.random((batch, dims[0])) < 0.3).astype(np.float32)
             eps = rng.standard_normal((batch, dims[2])).astype(np.float32)
-            contenders = {"numba": tinyvae_step(dims, x, eps, "numba"),
-                          "numpy": tinyvae_step(dims, x, eps, "numpy")}
+            contenders = {"numba": tinyvae_step(dims, x, eps, "numba", config),
+                          "numpy": tinyvae_step(dims, x, eps, "numpy", config)}
             if use_torch:
-                contenders["torch"] = torch_step(dims, x, eps)
+                contenders["torch"] = (torch_main_job_step(config, x, eps) if config else
+                                       torch_step(dims, x, eps))
             for nt in threads:
                 ck, wait = _clock(clock, nt), _settle(nt, settle)
                 with thread_limit(nt):
                     times = interleaved_times(list(contenders.values()), min_time, warmup=5,
                                               clock=ck, settle_seconds=wait)
                     rate = blas_rate(batch, dims[0], dims[1][0], ck, wait)
-                floor = gemm_flops(batch, layer_shapes(*dims)) / rate
+                flops = (main_job_gemm_flops(batch, config) if config else
+                         gemm_flops(batch, layer_shapes(*dims)))
+                floor = flops / rate
                 t = {k: median(v) for k, v in zip(contenders, times, strict=True)}
                 results[(name, batch, nt)] = t
                 torch_t = t.get("torch")
@@ -391,8 +541,9 @@ def add_subparser(subparsers) -> None:
                    choices=("float32", "float64"), help="GEMM dtypes (default both)")
     p.add_argument("--batch", nargs="+", type=int, metavar="N",
                    help="batch sizes (default 64 128 256 for gemm, 64 128 for step)")
-    p.add_argument("--model", nargs="+", default=["canonical"], choices=list(STEP_MODELS),
-                   help="step benchmark models (default canonical: 784-400-20)")
+    p.add_argument("--model", nargs="+", default=["canonical"], choices=list(STEP_MODEL_NAMES),
+                   help="step benchmark models (default canonical: the 784-400-20 VAE; "
+                        "main-job: tinyvae train's beta-TCVAE with the broadcast decoder)")
     p.add_argument("--min-time", type=float, metavar="S",
                    help="seconds of timing per configuration (default 0.25 gemm, 2 step)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -419,10 +570,10 @@ def _command(args) -> int:
         run_step(models=args.model, batches=args.batch or ((8,) if args.quick else (64, 128)),
                  threads=args.threads, min_time=args.min_time or (0.01 if args.quick else 2.0),
                  use_torch=not args.no_torch, clock=args.clock,
-                 model_dims=QUICK_MODEL if args.quick else None,
-                 settle=0.0 if args.quick else SETTLE_SECONDS)
+                 settle=0.0 if args.quick else SETTLE_SECONDS, quick=args.quick)
     return 0
 
 
 __all__ = ["add_subparser", "run_gemm", "run_step", "environment_report", "interleaved_times",
-           "thread_limit", "print_table", "layer_shapes", "gemm_flops"]
+           "thread_limit", "print_table", "layer_shapes", "gemm_flops", "main_job_gemm_flops",
+           "TorchMainJob"]
