@@ -58,6 +58,12 @@ def test_train_writes_every_file(tiny_run, capsys):
     assert int(lines[-1].split(",")[1]) == 24
     md = (tiny_run / "report.md").read_text()
     assert "Which latent encodes which factor" in md and "figures/traversal.png" in md
+    # throughput beside its GEMM floor (timings: only their presence and sign are tested)
+    t = rep["throughput"]
+    assert t["images_per_second"] > 0 and t["floor_images_per_second"] > 0
+    assert t["of_floor"] == pytest.approx(t["images_per_second"] / t["floor_images_per_second"],
+                                          rel=1e-2)
+    assert "Throughput:" in md and "of its floor" in md
 
 
 def test_evaluate_reproduces_the_report(tiny_run, tmp_path):

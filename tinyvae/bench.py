@@ -35,6 +35,7 @@ kernel; for a fair NumPy run the command without them::
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import statistics
 import sys
@@ -252,6 +253,22 @@ def gemm_flops(batch, shapes):
     return 2 * sum(per) + sum(per[1:])
 
 
+def run_gemm_flops(config, input_dim, batch):
+    """GEMM FLOPs of one training step of a run config's model (any data set).
+
+    The encoder and heads as gemm_flops counts them (an autoencoder has one head);
+    the decoder an MLP mirroring the encoder, or the broadcast decoder's per-pixel layers.
+    """
+    hidden, latent = tuple(config["hidden"]), config["latent"]
+    heads = latent if config["model"] == "ae" else 2 * latent
+    encoder = [*zip((input_dim, *hidden[:-1]), hidden, strict=True), (hidden[-1], heads)]
+    if config.get("decoder", "mlp") == "broadcast":
+        return main_job_gemm_flops(batch, {**config, "resolution": math.isqrt(input_dim)},
+                                   encoder)
+    dec = (latent, *hidden[::-1], input_dim)
+    return gemm_flops(batch, encoder + list(zip(dec[:-1], dec[1:], strict=True)))
+
+
 def main_job_config(quick=False):
     """The config tinyvae train runs with no arguments (tiny with quick=True)."""
     from tinyvae import run
@@ -259,14 +276,14 @@ def main_job_config(quick=False):
     return run.resolve_config(QUICK_MAIN_JOB if quick else {})
 
 
-def main_job_gemm_flops(batch, config):
+def main_job_gemm_flops(batch, config, encoder=None):
     """GEMM FLOPs of one main-job step: the encoder as gemm_flops counts it, and the
     broadcast decoder's layers, whose rows are the batch x P (image, pixel) pairs:
     forward, weight and input gradients of dec2 .. out, and of dec1's z @ Wz (its
     coords @ Wxy is one (P, 2) @ (2, h) product and its gradient, counted too)."""
     P = config["resolution"] ** 2
     hidden, latent = tuple(config["hidden"]), config["latent"]
-    encoder = layer_shapes(P, hidden, latent)[:len(hidden) + 1]
+    encoder = encoder or layer_shapes(P, hidden, latent)[:len(hidden) + 1]
     widths = (*config["decoder_hidden"], 1)
     per_pixel = [2.0 * batch * P * fi * fo for fi, fo in zip(widths[:-1], widths[1:],
                                                               strict=True)]
@@ -457,6 +474,15 @@ def blas_rate(batch, fan_in, fan_out, clock="wall", settle_seconds=0.0):
     (t,) = interleaved_times([lambda: np.matmul(a, b)], min_time=0.2, clock=clock,
                              settle_seconds=settle_seconds)
     return 2.0 * batch * fan_in * fan_out / median(t)
+
+
+def floor_images_per_second(config, input_dim, batch, threads):
+    """(images/s, GFLOP/s): a run's training images per second if its step did nothing
+    but its GEMMs at numpy.matmul's rate on the first layer's shape, on `threads` threads."""
+    with thread_limit(threads):
+        rate = blas_rate(batch, input_dim, config["hidden"][0], settle_seconds=_settle(
+            threads, SETTLE_SECONDS))
+    return batch * rate / run_gemm_flops(config, input_dim, batch), rate / 1e9
 
 
 def torch_available() -> bool:

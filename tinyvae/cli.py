@@ -301,7 +301,8 @@ def _train(args) -> int:
     if args.no_report:
         print(f"no report written (--no-report); write it with:  tinyvae evaluate {folder}")
         return 0
-    return _report(result.model, result.data, config, folder, result.train_seconds, progress)
+    return _report(result.model, result.data, config, folder, result.train_seconds, progress,
+                   images_per_second=result.images_per_second)
 
 
 def _data_errors():
@@ -317,14 +318,15 @@ def _fail(command, err) -> int:
 
 
 def _report(model, data, config, folder, train_seconds, progress, protocols=("fast",),
-            codes="mean") -> int:
+            codes="mean", images_per_second=None) -> int:
     from tinyvae import report as reports
 
     try:
         rep = reports.full_report(model, data, config, folder, train_seconds,
                                   time.perf_counter(), progress=progress,
                                   quick=config.get("quick_eval", False),
-                                  protocols=protocols, codes=codes)
+                                  protocols=protocols, codes=codes,
+                                  images_per_second=images_per_second)
     except KeyboardInterrupt:
         print(f"\nevaluation interrupted; the checkpoint is saved. Redo it with:  "
               f"tinyvae evaluate {folder}", file=sys.stderr)
@@ -355,6 +357,11 @@ def summary(rep: dict) -> str:
         lines.append(f"top latent per factor: {pairs}")
     lines.append(f"wall time {rep['wall_seconds']:.0f} s (training {rep['train_seconds']:.0f} s, "
                  f"evaluation {rep['eval_seconds']:.0f} s)")
+    if rep.get("throughput"):
+        t = rep["throughput"]
+        lines.append(f"throughput {t['images_per_second']:,.0f} images/s on {t['threads']} "
+                     f"thread(s): {t['of_floor']:.2f} of the GEMM floor "
+                     f"({t['floor_images_per_second']:,.0f} images/s)")
     return "\n".join(lines)
 
 

@@ -41,7 +41,7 @@ SHAPE_SAMPLES = 2000
 #: mig, beta_vae_score and factor_vae_score are those of report["protocol"]
 REPORT_KEYS = ("elbo", "recon", "kl", "kl_per_latent", "active_units", "mig",
                "beta_vae_score", "factor_vae_score", "protocol", "wall_seconds")
-TIMING_KEYS = ("wall_seconds", "train_seconds", "eval_seconds", "score_seconds")
+TIMING_KEYS = ("wall_seconds", "train_seconds", "eval_seconds", "score_seconds", "throughput")
 
 
 def _is_vae(model) -> bool:
@@ -182,6 +182,14 @@ def markdown(report: dict) -> str:
              f"Steps: {report.get('steps')}. Wall time {report['wall_seconds']:.0f} s "
              f"(training {report['train_seconds']:.0f} s, evaluation "
              f"{report['eval_seconds']:.0f} s).", ""]
+    if report.get("throughput"):
+        t = report["throughput"]
+        n, k, m = t["blas_shape"]
+        lines += [f"Throughput: {t['images_per_second']:,.0f} training images/s on "
+                  f"{t['threads']} thread(s), start-up and compilation left out. GEMM floor: "
+                  f"{t['floor_images_per_second']:,.0f} images/s (every matrix product of the "
+                  f"step at numpy.matmul's {t['blas_gflops']:.0f} GFLOP/s on ({n}, {k}) @ "
+                  f"({k}, {m})), so the step runs at {t['of_floor']:.2f} of its floor.", ""]
     ev = report["eval"]
     lines += ["## Numbers", "",
               f"On {ev['examples']} held-out examples (nats per example; ELBO and IWAE higher "
@@ -384,16 +392,38 @@ def spiral_figure(model, data: RunData, path):
     return fig
 
 
+def throughput(config: dict, input_dim: int, images_per_second: float) -> dict:
+    """The run's training images/s beside its GEMM floor (bench.floor_images_per_second)
+    on the thread count it trained with."""
+    import numba
+
+    from tinyvae import bench
+
+    threads = numba.get_num_threads()
+    batch = config["batch_size"]
+    floor, gflops = bench.floor_images_per_second(config, input_dim, batch, threads)
+    return {"images_per_second": round(images_per_second, 1), "threads": threads,
+            "floor_images_per_second": round(floor, 1), "of_floor": round(images_per_second / floor, 3),
+            "blas_gflops": round(gflops, 1),
+            "blas_shape": [batch, input_dim, int(config["hidden"][0])]}
+
+
 def full_report(model, data: RunData, config: dict, folder, train_seconds: float,
                 clock_start: float, progress: bool = True, quick: bool = False,
-                protocols=("fast",), codes: str = "mean") -> dict:
-    """Evaluate, draw every figure, write report.json and report.md. Returns the report."""
+                protocols=("fast",), codes: str = "mean",
+                images_per_second: float | None = None) -> dict:
+    """Evaluate, draw every figure, write report.json and report.md. Returns the report.
+
+    images_per_second (the training's StepClock) adds the throughput and its GEMM floor.
+    """
     # the IWAE weights of unlikely samples underflow to 0 in exp: harmless, by design
     with np.errstate(under="ignore"):
         report = evaluate(model, data, config, progress=progress, quick=quick,
                           protocols=protocols, codes=codes)
     report["figures"] = write_figures(model, data, folder, report, progress=progress,
                                       quick=quick)
+    if images_per_second is not None:
+        report["throughput"] = throughput(config, data.X.shape[1], images_per_second)
     eval_seconds = time.perf_counter() - clock_start
     report.update(config=config, steps=int(model.step_), train_seconds=round(train_seconds, 2),
                   eval_seconds=round(eval_seconds, 2),

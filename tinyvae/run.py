@@ -591,6 +591,24 @@ def stop_at(steps: int):
     return callback
 
 
+class StepClock:
+    """A fit callback that times the steps between the first and the last log entry:
+    training images per second with the start-up (data, Numba compilation) left out."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.first = self.last = None     # (step, perf_counter) at a log entry
+
+    def __call__(self, model, entry):
+        self.last = (int(model.step_), time.perf_counter())
+        self.first = self.first or self.last
+
+    def images_per_second(self) -> float | None:
+        if self.first is None or self.last[0] == self.first[0]:
+            return None
+        return (self.last[0] - self.first[0]) * self.batch_size / (self.last[1] - self.first[1])
+
+
 @dataclass
 class TrainResult:
     model: object
@@ -600,6 +618,7 @@ class TrainResult:
     total_steps: int
     train_seconds: float    # this session's and earlier sessions' training time
     signal: str | None = None   # what interrupted the run: "SIGINT" or "SIGTERM"
+    images_per_second: float | None = None   # this session's steps, start-up left out
 
 
 # ---------------------------------------------------------------------------------------
@@ -770,8 +789,14 @@ def _train_in_folder(folder, config, model, data, steps, resume, progress, save,
     write_config(folder, config)
     # a process killed outright (SIGKILL) leaves "running" behind: its last checkpoint stands
     save.status(model, "running")
+    check, clock = stop_at(steps), StepClock(min(config["batch_size"], len(data.X)))
+
+    def callback(model, entry):
+        check(model, entry)
+        clock(model, entry)
+
     fit_args = dict(steps=steps, progress=progress, log_every=log_interval(steps),
-                    callback=stop_at(steps),
+                    callback=callback,
                     checkpoint=training.Checkpointer(save, every=every,
                                                      seconds=CHECKPOINT_SECONDS))
     if not resume:
@@ -787,4 +812,5 @@ def _train_in_folder(folder, config, model, data, steps, resume, progress, save,
         raise
     with training.deferred_interrupt(defer=True):   # a Ctrl-C now would lose the save
         save(model, state, **({"signal": stopped_by} if stopped_by else {}))
-    return TrainResult(model, data, state, int(model.step_), steps, save.seconds(), stopped_by)
+    return TrainResult(model, data, state, int(model.step_), steps, save.seconds(), stopped_by,
+                       clock.images_per_second())

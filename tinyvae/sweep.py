@@ -66,7 +66,8 @@ def train_and_report(config: dict, folder: str, threads: int) -> dict:
     result = runs.train_run(folder, config, resume=False, progress=False, clock_start=start)
     return reports.full_report(result.model, result.data, config, folder, result.train_seconds,
                                time.perf_counter(), progress=False,
-                               quick=config.get("quick_eval", False))
+                               quick=config.get("quick_eval", False),
+                               images_per_second=result.images_per_second)
 
 
 def run_sweep(config: dict, seeds, root, jobs: int = 2, threads: int = 1) -> list[dict]:
