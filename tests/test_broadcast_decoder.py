@@ -233,3 +233,50 @@ def test_a_broadcast_run_trains_and_resumes_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(a.params[k], b.params[k], err_msg=k)
     config = json.loads((tmp_path / "a" / "config.json").read_text())["config"]
     assert (config["decoder"], config["decoder_hidden"]) == ("broadcast", [6])
+
+
+_FRESH_COMPILE_SCRIPT = """
+import sys
+import numpy as np
+import tinyvae as tv
+
+
+def loss_and_grads(dtype):
+    model = tv.BetaTCVAE(1024, (16,), 3, dataset_size=500, estimator="mws", seed=4,
+                         decoder="broadcast", decoder_hidden=(32, 32), image_shape=(32, 32),
+                         dtype=dtype)
+    rng = np.random.default_rng(0)
+    x = (rng.random((12, 1024)) < 0.3).astype(dtype)
+    eps = rng.standard_normal((12, 3)).astype(dtype)
+    loss, grads = model.loss(x, eps=eps)
+    return {"loss": np.array(loss), **grads}
+
+
+if sys.argv[2] == "float64-first":   # compile in another order: float64 kernels first
+    loss_and_grads(np.float64)
+np.savez(sys.argv[1], **loss_and_grads(np.float32))
+"""
+
+
+def test_a_fresh_compilation_gives_the_same_bits(tmp_path, monkeypatch):
+    """The kernels compiled from scratch (an empty Numba cache, in another process) give
+    the bits this process's kernels give, compiled or loaded in whatever order the other
+    tests left them. A reduction the compiler may reorder broke this once: sums of
+    fast-math adds were regrouped differently in one compilation than in another."""
+    import os
+    import runpy
+    import subprocess
+    import sys
+
+    script = tmp_path / "fresh.py"
+    script.write_text(_FRESH_COMPILE_SCRIPT)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "TINYVAE_BACKEND": "numba"}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "fresh.npz"), "float32"],
+                   check=True, env=env, timeout=600)
+    monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path / "here.npz"), "float64-first"])
+    with tv.use_backend("numba"):
+        runpy.run_path(str(script))
+    fresh, here = np.load(tmp_path / "fresh.npz"), np.load(tmp_path / "here.npz")
+    assert set(fresh.files) == set(here.files) and "dec2.W" in fresh.files
+    for name in fresh.files:
+        np.testing.assert_array_equal(here[name], fresh[name], err_msg=name)

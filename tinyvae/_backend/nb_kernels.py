@@ -263,11 +263,10 @@ def pixel_decoder_backward(dlogits, cache):
     WTs = tuple(_padded(W.T, s[::-1]) for (W, _), s in zip(hidden, shapes, strict=True)) or (w_out,)
     dWs = tuple(np.empty(n * K * N, dtype) for K, N in shapes) or (w_out,)
     dbs = tuple(np.empty(n * N, dtype) for _, N in shapes) or (w_out,)
-    dw_out, db_out = np.empty(n * dims[-1], dtype), np.empty(n, dtype)
+    dw_out = np.empty(n * dims[-1], dtype)
     g, gxy = np.empty(n * dims[0], dtype), np.empty(n * 2 * dims[0], dtype)
     args = (_flat(dlogits.astype(dtype, copy=False)), _flat(coords.astype(dtype, copy=False)),
-            hs, WTs, w_out, dims, P, Pp, act_code, dtype.type(alpha), dWs, dbs, dw_out, db_out,
-            g, gxy)
+            hs, WTs, w_out, dims, P, Pp, act_code, dtype.type(alpha), dWs, dbs, dw_out, g, gxy)
     parts = _chunks(n * Pp * int(dims.sum()), _fused.PARALLEL_MIN_SIZE)
     _run_ranges(_pixel_net.backward_images, args, n, parts)
     # per-image gradients, summed over images in image order (the same on any thread count)
@@ -279,6 +278,6 @@ def pixel_decoder_backward(dlogits, cache):
                     for dW, db, (K, N), k, m in zip(dWs, dbs, shapes, real[:-1], real[1:],
                                                     strict=False)]
     out_grads = (_image_sum(dw_out, (n, dims[-1]), (real[-1],))[:, None],
-                 db_out.sum(keepdims=True))
+                 dlogits.astype(dtype, copy=False).sum(axis=1).sum(keepdims=True))
     dz = gemm(g, np.ascontiguousarray(first[0]), False, True, None)
     return dz, first_grads, hidden_grads, out_grads

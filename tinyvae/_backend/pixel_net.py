@@ -82,6 +82,22 @@ def tile_products(A, a_off, a_rs, a_ts, B, b_off, b_ts, T, C, c_off, c_rs, M, N,
 
 
 @njit
+def _dot(x, off, w, K, lane_sums):
+    """sum_k x[off + k] w[k], K a multiple of the lane count, in a fixed order: FMAs
+    lane by lane, then the lanes added one by one (a reduction left to the compiler
+    could be reordered differently in another compilation, and change the bits)."""
+    L = lanes(x)
+    acc = vfma(vload(x, off), vload(w, 0), vsplat(x, x[off] * 0))
+    for k in range(L, K, L):
+        acc = vfma(vload(x, off + k), vload(w, k), acc)
+    vstore(lane_sums, 0, acc)
+    total = lane_sums[0]
+    for j in range(1, L):
+        total += lane_sums[j]
+    return total
+
+
+@njit
 def _first_layer(zW, cwb, h, i, Pp, H, act, alpha):
     """Image i's rows of layer 1: h[p] = act(zW[i] + cwb[p]), cwb = coords @ Wxy + b."""
     L = lanes(h)
@@ -108,16 +124,14 @@ def forward_images(zW, cwb, Ws, bs, w_out, b_out, hs, logits, dims, P, Pp, act, 
                           hs[l], i * Pp * N, N, Pp, N, bs[l - 1], False)
             apply_activation(hs[l][i * Pp * N:(i + 1) * Pp * N], act, alpha)
         last, K = hs[depth - 1], dims[depth - 1]
+        lane_sums = np.empty(lanes(last), last.dtype)
         for p in range(P):
-            s = b_out
-            for k in range(K):
-                s += last[(i * Pp + p) * K + k] * w_out[k]
-            logits[i * P + p] = s
+            logits[i * P + p] = b_out + _dot(last, (i * Pp + p) * K, w_out, K, lane_sums)
 
 
 @njit
-def _output_layer_backward(dlogits, last, w_out, d, i, P, K, Pp, dw_out, db_out):
-    """d[p] = dlogits[i, p] w_out (dh of the last hidden layer); image i's dw_out, db_out.
+def _output_layer_backward(dlogits, last, w_out, d, i, P, K, Pp, dw_out):
+    """d[p] = dlogits[i, p] w_out (dh of the last hidden layer) and image i's dw_out.
 
     Columns outer, pixels inner: each column block's sum stays in a register.
     """
@@ -133,20 +147,21 @@ def _output_layer_backward(dlogits, last, w_out, d, i, P, K, Pp, dw_out, db_out)
         vstore(dw_out, i * K + j, acc)
     for p in range(P * K, Pp * K):   # padded pixels: no gradient
         d[p] = zero
-    db = zero
-    for p in range(P):
-        db += dlogits[i * P + p]
-    db_out[i] = db
 
 
 @njit
 def _bias_grad(d, rows, N, db, off):
-    """db[off + j] = sum over rows of d[r, j] (a register per column block)."""
+    """db[off + j] = sum over rows of d[r, j] (a register per column block).
+
+    Sums are FMA chains, acc = 1 * d + acc (exact): the compiler may reorder a chain of
+    fast-math adds differently from one compilation to the next, never an FMA chain.
+    """
     L = lanes(d)
+    one = vsplat(d, 1)
     for j in range(0, N, L):
         acc = vsplat(d, d[0] * 0)
         for r in range(rows):
-            acc = acc + vload(d, r * N + j)
+            acc = vfma(one, vload(d, r * N + j), acc)
         vstore(db, off + j, acc)
 
 
@@ -164,11 +179,12 @@ def _first_layer_backward(d, coords, P, H, i, g, gxy):
     """g[i] = sum_p d[p] (the gradient of z_i @ Wz + b), gxy[i] = coords.T @ d (of Wxy)."""
     L = lanes(d)
     zero = d[0] * 0
+    one = vsplat(d, 1)
     for j in range(0, H, L):
         acc, acc_x, acc_y = vsplat(d, zero), vsplat(d, zero), vsplat(d, zero)
         for p in range(P):
             v = vload(d, p * H + j)
-            acc = acc + v
+            acc = vfma(one, v, acc)     # an FMA chain: see _bias_grad
             acc_x = vfma(vbroadcast(coords, 2 * p), v, acc_x)
             acc_y = vfma(vbroadcast(coords, 2 * p + 1), v, acc_y)
         vstore(g, i * H + j, acc)
@@ -178,12 +194,12 @@ def _first_layer_backward(d, coords, P, H, i, g, gxy):
 
 @njit
 def backward_images(dlogits, coords, hs, WTs, w_out, dims, P, Pp, act, alpha, dWs, dbs,
-                    dw_out, db_out, g, gxy, lo, hi):
+                    dw_out, g, gxy, lo, hi):
     """Images lo..hi of the backward; every weight gradient is written per image.
 
     dlogits (n P); WTs[l - 1] (H_(l+1) x H_l) the dense weights transposed; dWs[l - 1]
-    (n H_l H_(l+1)), dbs[l - 1] (n H_(l+1)), dw_out (n H_K), db_out (n,), g (n H_1),
-    gxy (n 2 H_1): per image, summed over images by the caller.
+    (n H_l H_(l+1)), dbs[l - 1] (n H_(l+1)), dw_out (n H_K), g (n H_1), gxy (n 2 H_1):
+    per image, summed over images by the caller (who also sums dlogits for b_out).
     """
     depth = dims.size
     width = dims.max()
@@ -193,7 +209,7 @@ def backward_images(dlogits, coords, hs, WTs, w_out, dims, P, Pp, act, alpha, dW
         e = np.empty(Pp * width, w_out.dtype)
         l = depth - 1
         N = dims[l]
-        _output_layer_backward(dlogits, hs[l], w_out, d, i, P, N, Pp, dw_out, db_out)
+        _output_layer_backward(dlogits, hs[l], w_out, d, i, P, N, Pp, dw_out)
         size = Pp * N
         activation_grad_into(d[:size], hs[l][i * size:(i + 1) * size], act, alpha, d[:size])
         while l > 0:
