@@ -21,6 +21,15 @@ njit_parallel = numba.njit(
 )
 
 
+# Without reassociation: every sum runs in the order the code writes it, on any CPU and
+# in any compilation. For code that must match another library's floating point (the
+# boosted trees of tinyvae._backend.boosting, compared with scikit-learn's), where a
+# sum regrouped for a wider vector unit (AVX-512 against AVX2) can flip a near tie.
+njit_in_order = numba.njit(cache=True, nogil=True, error_model="numpy")
+njit_parallel_in_order = numba.njit(cache=True, nogil=True, parallel=True,
+                                    error_model="numpy")
+
+
 def set_num_threads(n: int) -> None:
     """Set the number of threads tinyvae's kernels use (1..NUMBA_NUM_THREADS)."""
     numba.set_num_threads(int(n))
