@@ -349,7 +349,13 @@ def torch_step(dims, x, eps):
             kl = 0.5 * (mu * mu + logvar.exp() - 1 - logvar).sum() / n
             return rec + kl
 
-    model = VAE()
+    return _torch_adam_step(VAE(), x, eps)
+
+
+def _torch_adam_step(model, x, eps):
+    """A closure running one PyTorch step of model.loss(x, eps) with Adam(fused=True)."""
+    import torch
+
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     tx, teps = torch.from_numpy(x), torch.from_numpy(eps)
 
@@ -450,20 +456,7 @@ class TorchMainJob:
 
 def torch_main_job_step(config, x, eps):
     """One PyTorch main-job training step with Adam(fused=True)."""
-    import torch
-
-    model = TorchMainJob(config)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    tx, teps = torch.from_numpy(x), torch.from_numpy(eps)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = model.loss(tx, teps)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return step
+    return _torch_adam_step(TorchMainJob(config), x, eps)
 
 
 def blas_rate(batch, fan_in, fan_out, clock="wall", settle_seconds=0.0):
