@@ -604,3 +604,15 @@ def test_load_by_name():
     assert D.load("dsprites", resolution=32).image_shape == (32, 32)
     with pytest.raises(ValueError, match="unknown data set 'cifar10'; choose one of"):
         D.load("cifar10")
+
+
+def test_render_into_draws_the_images_render_returns():
+    ds = D.DSprites(resolution=16)
+    classes = ds.sample_classes(37, np.random.default_rng(3))
+    expected = ds.render(classes)
+    for dtype in (np.float32, np.uint8):
+        out = np.zeros((37, 16, 16), dtype)
+        assert ds.render_into(out, classes) is out
+        np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match=r"out: expected shape \(37, 16, 16\)"):
+        ds.render_into(np.zeros((36, 16, 16), np.float32), classes)

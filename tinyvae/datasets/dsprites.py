@@ -142,10 +142,15 @@ def _sprite_geometry(classes, resolution):
     return shape, unit, np.cos(angle), np.sin(angle), cx, cy
 
 
-def render_sprites(classes, resolution=64):
-    """Render full-grid dSprites classes (n, 5) into (n, R, R) uint8 {0, 1} images."""
+def render_sprites(classes, resolution=64, out=None):
+    """Render full-grid dSprites classes (n, 5) into (n, R, R) {0, 1} images.
+
+    out: a zeroed (n, R, R) array to draw into (any numeric dtype: a float32 one skips
+    the uint8 copy and the cast a model's input would need); None makes a uint8 one.
+    """
     shape, unit, cos_a, sin_a, cx, cy = _sprite_geometry(classes, resolution)
-    out = np.zeros((len(classes), resolution, resolution), dtype=np.uint8)
+    if out is None:
+        out = np.zeros((len(classes), resolution, resolution), dtype=np.uint8)
     _render_kernel(out, shape, unit, cos_a, sin_a, cx, cy, _RADIUS, _HEART)
     return out
 
@@ -340,6 +345,18 @@ class DSprites:
     def render(self, classes):
         """(n, 5) int classes -> (n, R, R) uint8 images in {0, 1}."""
         return self._render_full(self.to_full_classes(classes))
+
+    def render_into(self, out, classes):
+        """Draw the images of (n, 5) classes into ``out`` (n, R, R), zeroed, any numeric
+        dtype (e.g. float32 model input, without a uint8 copy). Returns out."""
+        if out.shape != (len(classes), self.resolution, self.resolution):
+            raise ValueError(f"out: expected shape {(len(classes), self.resolution, self.resolution)}"
+                             f", got {out.shape}")
+        full = self.to_full_classes(classes)
+        if type(self)._render_full is DSprites._render_full:   # the procedural renderer
+            return render_sprites(full, self.resolution, out=out)
+        out[...] = self._render_full(full)                      # e.g. the official frames
+        return out
 
     def sample_classes(self, n, rng=None):
         """n classes drawn uniformly from this set (each factor independently)."""
