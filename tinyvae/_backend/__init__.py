@@ -1,7 +1,7 @@
 """The compiled (Numba) backend behind :mod:`tinyvae.kernels`. Private: import kernels instead.
 
     numba_flags  the one place that owns the Numba flags (njit, njit_parallel, threads)
-    simd         the 256-bit vector type and the vector exp / log1p / sqrt it is used with
+    simd         the vector type (one register, 256 or 512 bits), vector exp / log1p / sqrt
     threads      a small persistent thread pool: split outputs over threads, never sums
     gemm         packed, register-tiled GEMM with a bias + activation epilogue
     fused        single-pass activations, Bernoulli NLL, reparameterization + KL

@@ -14,13 +14,14 @@ The structure is the one BLIS and OpenBLAS use (Goto & van de Geijn 2008):
   packed just before its use, so it is in L1; otherwise the whole KC x n slab
   is packed once and reused by every block of A. Padding the edges with zeros
   lets one micro-kernel handle every tile.
-* The micro-kernel keeps an MR x NR = 6 x (2 vectors) tile of C in 12 ymm
+* The micro-kernel keeps an MR x NR = 6 x (2 vectors) tile of C in 12 vector
   registers and, per step of k, does 2 vector loads of B, 6 broadcasts of A and
   12 FMAs (:mod:`tinyvae._backend.simd`). 12 accumulators + 2 B vectors + 1 broadcast
-  = 15 of the 16 ymm registers. A half-width 6 x (1 vector) kernel takes a last
-  column panel at most one vector wide (n = 40 in float32 = 2 panels + 8
-  columns), and when there are only a few column panels the rows of a
-  row-major A are read in place instead of packed.
+  = 15 of AVX2's 16 ymm registers (of AVX-512's 32 zmm, where the vectors are
+  twice as wide). A half-width 6 x (1 vector) kernel takes a last column panel
+  at most one vector wide (n = 40 in float32 with 8 lanes = 2 panels + 8 columns),
+  and when there are only a few column panels the rows of a row-major A are
+  read in place instead of packed.
 
 Determinism: every element of C is the sum over k in a fixed order (FMA chains
 within a k-block, blocks added in order), and the k-blocking depends only on k;

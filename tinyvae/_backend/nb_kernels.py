@@ -9,7 +9,7 @@ dtype, one thread or all) and hand over to the compiled kernels in
 * :mod:`tinyvae._backend.tc`      the (B, B, d) pass of the total-correlation estimators,
 * :mod:`tinyvae._backend.pixel_net` the spatial broadcast decoder, one image at a time,
 * :mod:`tinyvae._backend.updates` vectorised Adam / SGD / Adagrad steps,
-* :mod:`tinyvae._backend.simd`    the 256-bit vector type and operations they are written with.
+* :mod:`tinyvae._backend.simd`    the vector type (256 or 512 bits) and the operations they are written with.
 
 Results never depend on the number of threads: threads split outputs, never sums.
 """

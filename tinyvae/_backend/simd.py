@@ -1,17 +1,23 @@
-"""256-bit SIMD vectors for Numba kernels, written as LLVM IR intrinsics.
+"""SIMD vectors for Numba kernels, one vector register wide, written as LLVM IR intrinsics.
 
 Numba has no vector type of its own, and LLVM's auto-vectoriser does not keep a
 GEMM micro-kernel's accumulators in registers (scalar tiles spill, measured at
 5-7 GFLOP/s). So we give Numba one: :class:`SimdVector` is an LLVM ``<L x T>``
-value (8 x float32 or 4 x float64, one AVX2 ``ymm`` register), and the
+value the width of one vector register of the CPU Numba compiles for: 512 bits
+(16 x float32 or 8 x float64, an AVX-512 ``zmm`` register) where the CPU has
+AVX-512F, else 256 bits (8 x float32 or 4 x float64, an AVX2 ``ymm``). The
 functions below are the handful of operations a kernel needs. Each one is an
 ``@intrinsic``: it emits a single LLVM instruction that is inlined into the
 calling ``@njit`` function, so a loop written with them compiles to exactly the
 loads, broadcasts and FMAs it spells out.
 
-Lane count follows the array's dtype: ``lanes(x) == 32 // x.itemsize``. All
-memory operations take a 1-D contiguous array and a flat element index and do
+Lane count follows the array's dtype: ``lanes(x) == VECTOR_BYTES // x.itemsize``.
+All memory operations take a 1-D contiguous array and a flat element index and do
 no bounds checking (the caller guarantees ``i + lanes <= x.size``).
+
+The width changes the order of some sums, so results are the same to the bit on
+every machine with the same vector width (and any thread count), not across widths.
+Numba's on-disk cache is kept per CPU, so a cache never mixes the two.
 """
 
 from __future__ import annotations
@@ -24,7 +30,24 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 
-VECTOR_BYTES = 32  # AVX2 ymm register
+
+def _vector_bytes() -> int:
+    """64 where the CPU Numba compiles for has AVX-512F, else 32 (AVX2).
+
+    Measured on a Zen 5 core: OpenBLAS runs 512-bit kernels there, and the GEMM with
+    256-bit vectors reached 0.53 of its speed, with 512-bit 0.97 (README, Speed).
+    NUMBA_CPU_FEATURES, when set (a portable build), decides instead of the host.
+    """
+    import numba
+    from llvmlite import binding
+
+    if numba.config.CPU_FEATURES:
+        return 64 if "+avx512f" in numba.config.CPU_FEATURES.split(",") else 32
+    return 64 if binding.get_host_cpu_features().get("avx512f") else 32
+
+
+#: bytes of one vector register: 64 (AVX-512 zmm) or 32 (AVX2 ymm)
+VECTOR_BYTES = _vector_bytes()
 
 
 class SimdVector(types.Type):

@@ -1,7 +1,7 @@
 """Optimizer updates as single-pass Numba kernels over 1-D contiguous parameter arrays.
 
 Each update is one formula (``_adam``, ``_sgd``, ``_adagrad``) written once and
-applied twice: to 256-bit SimdVectors over the bulk of the array, then to the
+applied twice: to SimdVectors over the bulk of the array, then to the
 scalars of the tail. Explicit vectors matter here: LLVM leaves a loop that
 calls sqrt scalar, and Adam over the 653k parameters of the canonical VAE went
 from ~2.0 ms (scalar Numba) to ~0.3 ms with vectors (PERF_NOTES).
