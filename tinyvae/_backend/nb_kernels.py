@@ -237,8 +237,10 @@ def pixel_decoder_forward(z, coords, first, hidden, out, act_code, alpha):
     dims = np.array([-(-h // block) * block for h in real], np.int64)
     Pp = -(-P // _pixel_net.TILE_ROWS) * _pixel_net.TILE_ROWS
     Wz, Wxy, b = first
-    zW = _padded(gemm(np.ascontiguousarray(z), np.ascontiguousarray(Wz), False, False, None), (n, dims[0]))
-    cwb = _padded(coords.astype(dtype, copy=False) @ Wxy + b, (Pp, dims[0]))
+    coords = _flat(coords.astype(dtype, copy=False))
+    zW = _padded(gemm(np.ascontiguousarray(z), np.ascontiguousarray(Wz), False, False, None),
+                 (n, dims[0]))
+    cwb = _padded(coords.reshape(P, 2) @ Wxy + b, (Pp, dims[0]))
     shapes = list(zip(dims[:-1], dims[1:], strict=True))
     # a dummy entry keeps the tuples non-empty (typed) for a decoder with one hidden layer
     Ws = tuple(_padded(W, s) for (W, _), s in zip(hidden, shapes, strict=True)) or (zW,)
@@ -250,24 +252,23 @@ def pixel_decoder_forward(z, coords, first, hidden, out, act_code, alpha):
             dtype.type(alpha))
     parts = _chunks(n * Pp * int(dims.sum()), _fused.PARALLEL_MIN_SIZE)
     _run_ranges(_pixel_net.forward_images, args, n, parts)
-    cache = (z, coords, first, hidden, real, dims, Pp, hs, w_out, act_code, alpha)
+    cache = (z, coords, first, hidden, real, dims, shapes, Pp, parts, hs, w_out, act_code, alpha)
     return logits.reshape(n, P), cache
 
 
 def pixel_decoder_backward(dlogits, cache):
     """(dz, (dWz, dWxy, db), [(dW, db), ...], (dW_out, db_out)) from dlogits (n, P)."""
-    z, coords, first, hidden, real, dims, Pp, hs, w_out, act_code, alpha = cache
+    z, coords, first, hidden, real, dims, shapes, Pp, parts, hs, w_out, act_code, alpha = cache
     dtype = z.dtype
     n, P = dlogits.shape
-    shapes = list(zip(dims[:-1], dims[1:], strict=True))
+    dlogits = _flat(dlogits.astype(dtype, copy=False))
     WTs = tuple(_padded(W.T, s[::-1]) for (W, _), s in zip(hidden, shapes, strict=True)) or (w_out,)
     dWs = tuple(np.empty(n * K * N, dtype) for K, N in shapes) or (w_out,)
     dbs = tuple(np.empty(n * N, dtype) for _, N in shapes) or (w_out,)
     dw_out = np.empty(n * dims[-1], dtype)
     g, gxy = np.empty(n * dims[0], dtype), np.empty(n * 2 * dims[0], dtype)
-    args = (_flat(dlogits.astype(dtype, copy=False)), _flat(coords.astype(dtype, copy=False)),
-            hs, WTs, w_out, dims, P, Pp, act_code, dtype.type(alpha), dWs, dbs, dw_out, g, gxy)
-    parts = _chunks(n * Pp * int(dims.sum()), _fused.PARALLEL_MIN_SIZE)
+    args = (dlogits, coords, hs, WTs, w_out, dims, P, Pp, act_code, dtype.type(alpha), dWs, dbs,
+            dw_out, g, gxy)
     _run_ranges(_pixel_net.backward_images, args, n, parts)
     # per-image gradients, summed over images in image order (the same on any thread count)
     g = np.ascontiguousarray(g.reshape(n, dims[0])[:, :real[0]])
@@ -278,6 +279,6 @@ def pixel_decoder_backward(dlogits, cache):
                     for dW, db, (K, N), k, m in zip(dWs, dbs, shapes, real[:-1], real[1:],
                                                     strict=False)]
     out_grads = (_image_sum(dw_out, (n, dims[-1]), (real[-1],))[:, None],
-                 dlogits.astype(dtype, copy=False).sum(axis=1).sum(keepdims=True))
+                 dlogits.reshape(n, P).sum(axis=1).sum(keepdims=True))
     dz = gemm(g, np.ascontiguousarray(first[0]), False, True, None)
     return dz, first_grads, hidden_grads, out_grads
