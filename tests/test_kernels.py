@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 
 import numba
 import numpy as np
@@ -478,13 +479,16 @@ def test_updates_reach_two_dimensional_parameters(rng):
 
 
 @njit_kernel
-def _fill_range(x, value, lo, hi):
+def _fill_range(x, value, lo, hi, progress):
+    _threads.part_started(progress)
     for i in range(lo, hi):
         x[i] = value + i
+    _threads.part_done(progress)
 
 
 @njit_kernel
-def _fail_on_empty(x, lo, hi):
+def _fail_on_empty(x, lo, hi, progress):
+    # says neither part_started nor part_done: the pool must cope with such a kernel
     if hi - lo == 0:
         raise ValueError("an empty part")
     x[lo:hi] = 1.0
@@ -497,6 +501,17 @@ def test_run_parts_runs_every_part_once_even_with_more_parts_than_cores():
         x[:] = 0
         _threads.run_parts(_fill_range, parts)
         np.testing.assert_array_equal(x, 0.5 + np.arange(100))
+
+
+def test_run_parts_wakes_a_sleeping_worker():
+    # a worker sleeps after ~1 ms without work; each call must still get all its parts done
+    x = np.zeros(100)
+    parts = [(x, 1.5, lo, hi) for lo, hi in _threads.split(100, 2)]
+    for _ in range(5):
+        time.sleep(0.01)
+        x[:] = 0
+        _threads.run_parts(_fill_range, parts)
+        np.testing.assert_array_equal(x, 1.5 + np.arange(100))
 
 
 def test_run_parts_reraises_a_worker_error_and_stays_usable():

@@ -21,6 +21,7 @@ import math
 from tinyvae._backend.activations import ACTIVATION_CODES
 from tinyvae._backend.numba_flags import njit
 from tinyvae._backend.simd import exp_nonpositive, lanes, log1p_unit, scalar_like, vload, vstore
+from tinyvae._backend.threads import part_done, part_started
 
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = (
     ACTIVATION_CODES[name]
@@ -135,10 +136,11 @@ def activation_bias_grad_into(dy, y, act, alpha, da, db):
 
 
 @njit
-def bernoulli_rows(logits, x, grad_scale, nll, dlogits, r0, r1):
+def bernoulli_rows(logits, x, grad_scale, nll, dlogits, r0, r1, progress):
     """For rows r0 <= i < r1: nll[i] = sum_j softplus(l_ij) - x_ij l_ij and
     dlogits[i] = grad_scale (sigmoid(l_i) - x_i). Each row is summed in order on one
     thread, so splitting rows over threads leaves the bits unchanged."""
+    part_started(progress)
     zero = scalar_like(logits, 0)
     one = scalar_like(logits, 1)
     d = logits.shape[1]
@@ -152,6 +154,7 @@ def bernoulli_rows(logits, x, grad_scale, nll, dlogits, r0, r1):
             total += _positive_part(v, zero) + log1p_unit(e) - t * v
             dlogits[i, j] = grad_scale * (_sigmoid_from(v, e, one) - t)
         nll[i] = total
+    part_done(progress)
 
 
 # ----------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from tinyvae._backend.simd import (
     vstore,
     vzero,
 )
-from tinyvae._backend.threads import num_threads, run_parts, split
+from tinyvae._backend.threads import NO_PROGRESS, num_threads, part_done, part_started, run_parts, split
 
 MR = 6  # rows of the register tile (the columns are two vectors: 16 float32 or 8 float64)
 NO_EPILOGUE = -1  # act code meaning "plain GEMM": no bias, no activation
@@ -273,12 +273,14 @@ def _epilogue(c, co, ldc, rows, cols, bias, j0, act, alpha):
 
 @njit
 def _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
-               i0, tm, j0, tn, kc_max, mc, bias, act, alpha):
+               i0, tm, j0, tn, kc_max, mc, bias, act, alpha, progress):
     """C[i0:i0+tm, j0:j0+tn] = op(A) @ op(B) (+ epilogue) for one tile, on the calling thread.
 
     The compiled entry point: arrays are 1-D buffers read through (offset, row
-    stride, column stride); k >= 1. Threads each run it on their own tile.
+    stride, column stride); k >= 1. Threads each run it on their own tile
+    (`progress`: the part's flags, see threads.run_parts).
     """
+    part_started(progress)
     L = lanes(c)
     NR = 2 * L
     rows = min(tm, m - i0)
@@ -357,6 +359,7 @@ def _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
             if last and act != NO_EPILOGUE:
                 # the block of C just finished is still in L2
                 _epilogue(c, ic * ldc + j0, ldc, ib_rows, cols, bias, j0, act, alpha)
+    part_done(progress)
 
 
 @njit
@@ -433,7 +436,7 @@ def gemm_into(c, a, b, trans_a, trans_b, bias=None, act=NO_EPILOGUE, alpha=None,
     if 2 * m * n * k < PARALLEL_MIN_FLOPS or n_threads == 1:
         # the common small case, kept short: every microsecond here is paid ~15 times a step
         _gemm_tile(ab, ao, ars, acs, bb, bo, brs, bcs, flat, n, m, n, k,
-                   0, m, 0, n, kc, mc, bias, act, alpha)
+                   0, m, 0, n, kc, mc, bias, act, alpha, NO_PROGRESS)
         return c
     tiles = _thread_tiles(m, n, num_threads() if n_threads is None else n_threads, c.dtype)
     run_parts(_gemm_tile, [(ab, ao, ars, acs, bb, bo, brs, bcs, flat, n, m, n, k,

@@ -26,6 +26,7 @@ import numpy as np
 from tinyvae._backend.fused import activation_grad_into, apply_activation
 from tinyvae._backend.numba_flags import njit
 from tinyvae._backend.simd import lanes, vbroadcast, vfma, vload, vsplat, vstore
+from tinyvae._backend.threads import part_done, part_started
 
 #: pixel rows of one register tile; every image's rows are padded to a multiple of it
 TILE_ROWS = 4
@@ -109,12 +110,14 @@ def _first_layer(zW, cwb, h, i, Pp, H, act, alpha):
 
 
 @njit
-def forward_images(zW, cwb, Ws, bs, w_out, b_out, hs, logits, dims, P, Pp, act, alpha, lo, hi):
+def forward_images(zW, cwb, Ws, bs, w_out, b_out, hs, logits, dims, P, Pp, act, alpha, lo, hi,
+                   progress):
     """Images lo..hi of the forward: every hidden layer into hs, the output into logits.
 
     zW (n H_1) = z @ Wz; cwb (Pp H_1); Ws[l - 1] (H_l x H_(l+1)) and bs[l - 1] for the
     dense layers; w_out (H_K,), b_out scalar; hs[l] (n Pp H_(l+1)); logits (n P).
     """
+    part_started(progress)
     depth = dims.size
     for i in range(lo, hi):
         _first_layer(zW, cwb, hs[0], i, Pp, dims[0], act, alpha)
@@ -127,6 +130,7 @@ def forward_images(zW, cwb, Ws, bs, w_out, b_out, hs, logits, dims, P, Pp, act, 
         lane_sums = np.empty(lanes(last), last.dtype)
         for p in range(P):
             logits[i * P + p] = b_out + _dot(last, (i * Pp + p) * K, w_out, K, lane_sums)
+    part_done(progress)
 
 
 @njit
@@ -194,13 +198,14 @@ def _first_layer_backward(d, coords, P, H, i, g, gxy):
 
 @njit
 def backward_images(dlogits, coords, hs, WTs, w_out, dims, P, Pp, act, alpha, dWs, dbs,
-                    dw_out, g, gxy, lo, hi):
+                    dw_out, g, gxy, lo, hi, progress):
     """Images lo..hi of the backward; every weight gradient is written per image.
 
     dlogits (n P); WTs[l - 1] (H_(l+1) x H_l) the dense weights transposed; dWs[l - 1]
     (n H_l H_(l+1)), dbs[l - 1] (n H_(l+1)), dw_out (n H_K), g (n H_1), gxy (n 2 H_1):
     per image, summed over images by the caller (who also sums dlogits for b_out).
     """
+    part_started(progress)
     depth = dims.size
     width = dims.max()
     zeros = np.zeros(width, w_out.dtype)
@@ -223,3 +228,4 @@ def backward_images(dlogits, coords, hs, WTs, w_out, dims, P, Pp, act, alpha, dW
             d, e = e, d
             l -= 1
         _first_layer_backward(d, coords, P, dims[0], i, g, gxy)
+    part_done(progress)

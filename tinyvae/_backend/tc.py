@@ -27,10 +27,11 @@ import numpy as np
 
 from tinyvae._backend.numba_flags import njit
 from tinyvae._backend.simd import exp_nonpositive, scalar_like
+from tinyvae._backend.threads import part_done, part_started
 
 
 @njit
-def tc_forward_rows(z, muT, ivT, cT, lw, joint, marginal, terms, lo, hi):
+def tc_forward_rows(z, muT, ivT, cT, lw, joint, marginal, terms, lo, hi, progress):
     """Rows lo..hi of the forward: the softmax weights and terms[:, i].
 
     z (B, d); muT, ivT = exp(-logvar).T, cT = -0.5 (log 2 pi + logvar).T (d, B);
@@ -38,6 +39,7 @@ def tc_forward_rows(z, muT, ivT, cT, lw, joint, marginal, terms, lo, hi):
     Writes joint (B, B), marginal (B, d, B) and terms (3, B): log q(z_i|x_i),
     log q(z_i), sum_k log q(z_ik).
     """
+    part_started(progress)
     B, d = z.shape
     half = scalar_like(z, 0.5)
     one = scalar_like(z, 1)
@@ -84,15 +86,18 @@ def tc_forward_rows(z, muT, ivT, cT, lw, joint, marginal, terms, lo, hi):
         terms[0, i] = own
         terms[1, i] = peak + math.log(total)
         terms[2, i] = marginal_sum
+    part_done(progress)
 
 
 @njit
-def tc_dz_rows(z, muT, ivT, joint, marginal, g_own, g_joint, g_marginal, g_prior, dz, lo, hi):
+def tc_dz_rows(z, muT, ivT, joint, marginal, g_own, g_joint, g_marginal, g_prior, dz, lo, hi,
+               progress):
     """dz for rows lo..hi: dz_ik = -sum_j G_ijk D_ijk - g_prior_i z_ik.
 
     G_ijk = g_own_i [i = j] + g_joint_i joint_ij + g_marginal_i marginal_ikj,
     D_ijk = (z_ik - mu_jk) e^-logvar_jk.
     """
+    part_started(progress)
     B, d = z.shape
     for i in range(lo, hi):
         gj, gm = g_joint[i], g_marginal[i]
@@ -104,15 +109,17 @@ def tc_dz_rows(z, muT, ivT, joint, marginal, g_own, g_joint, g_marginal, g_prior
                 acc += (gj * joint[i, j] + gm * a[j]) * (zik - muT[k, j]) * ivT[k, j]
             acc += g_own[i] * (zik - muT[k, i]) * ivT[k, i]
             dz[i, k] = -acc - g_prior[i] * zik
+    part_done(progress)
 
 
 @njit
 def tc_posterior_columns(z, muT, ivT, joint, marginal, g_own, g_joint, g_marginal,
-                         dmuT, dlogvarT, lo, hi):
+                         dmuT, dlogvarT, lo, hi, progress):
     """dmu, dlogvar (transposed, (d, B)) for posteriors j = lo..hi.
 
     dmu_jk = sum_i G_ijk D_ijk,  dlogvar_jk = sum_i G_ijk 0.5 ((z_ik - mu_jk) D_ijk - 1).
     """
+    part_started(progress)
     B, d = z.shape
     half = scalar_like(z, 0.5)
     for k in range(d):
@@ -141,3 +148,4 @@ def tc_posterior_columns(z, muT, ivT, joint, marginal, g_own, g_joint, g_margina
             D = diff * ivT[k, j]
             dmuT[k, j] += g_own[j] * D
             dlogvarT[k, j] += g_own[j] * half * (diff * D - one)
+    part_done(progress)

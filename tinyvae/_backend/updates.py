@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from tinyvae._backend.numba_flags import njit
 from tinyvae._backend.simd import lanes, sqrt, vload, vstore
+from tinyvae._backend.threads import part_done, part_started
 
 #: arrays at least this long are updated by all threads (a hand-off costs ~10-30 us)
 PARALLEL_MIN_SIZE = 1 << 17
@@ -37,7 +38,9 @@ def _adam(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay):
 
 
 @njit
-def adam_range(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay, i0, i1):
+def adam_range(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay, i0, i1,
+               progress):
+    part_started(progress)
     L = lanes(p)
     i = i0
     while i + L <= i1:
@@ -50,6 +53,7 @@ def adam_range(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, dec
     for j in range(i, i1):
         p[j], m[j], v[j] = _adam(p[j], g[j], m[j], v[j], b1, c1, b2, c2,
                                  lr, inv_bc1, inv_bc2, eps, lr_wd, decay)
+    part_done(progress)
 
 
 # ----------------------------------------------------------------------------
@@ -71,7 +75,8 @@ def _sgd(p, g, vel, lr, momentum, nesterov, wd, decay):
 
 
 @njit
-def sgd_range(p, g, vel, lr, momentum, nesterov, wd, decay, i0, i1):
+def sgd_range(p, g, vel, lr, momentum, nesterov, wd, decay, i0, i1, progress):
+    part_started(progress)
     L = lanes(p)
     i = i0
     while i + L <= i1:
@@ -82,6 +87,7 @@ def sgd_range(p, g, vel, lr, momentum, nesterov, wd, decay, i0, i1):
         i += L
     for j in range(i, i1):
         p[j], vel[j] = _sgd(p[j], g[j], vel[j], lr, momentum, nesterov, wd, decay)
+    part_done(progress)
 
 
 # ----------------------------------------------------------------------------
@@ -100,7 +106,8 @@ def _adagrad(p, g, acc, lr, eps, wd, decay):
 
 
 @njit
-def adagrad_range(p, g, acc, lr, eps, wd, decay, i0, i1):
+def adagrad_range(p, g, acc, lr, eps, wd, decay, i0, i1, progress):
+    part_started(progress)
     L = lanes(p)
     i = i0
     while i + L <= i1:
@@ -110,3 +117,4 @@ def adagrad_range(p, g, acc, lr, eps, wd, decay, i0, i1):
         i += L
     for j in range(i, i1):
         p[j], acc[j] = _adagrad(p[j], g[j], acc[j], lr, eps, wd, decay)
+    part_done(progress)
