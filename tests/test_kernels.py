@@ -514,6 +514,15 @@ def test_run_parts_wakes_a_sleeping_worker():
         np.testing.assert_array_equal(x, 1.5 + np.arange(100))
 
 
+def test_run_parts_adds_workers_while_the_others_sleep():
+    # the pool's arrays are replaced when it grows; a sleeping worker must still be woken
+    for n_parts in (2, 9, 12):
+        time.sleep(0.01)
+        x = np.zeros(100)
+        _threads.run_parts(_fill_range, [(x, 2.5, lo, hi) for lo, hi in _threads.split(100, n_parts)])
+        np.testing.assert_array_equal(x, 2.5 + np.arange(100))
+
+
 def test_run_parts_reraises_a_worker_error_and_stays_usable():
     x = np.zeros(10)
     with pytest.raises(ValueError, match="an empty part"):

@@ -205,8 +205,8 @@ class _SpinPool:
 
     Worker w's protocol: ``posted[w]`` counts the parts handed to it and
     ``progress[w]`` holds the current part's number and how far it got. The worker
-    spins on ``posted[w]``; after WORKER_SPINS it sets ``asleep[w]``, reads
-    ``posted[w]`` once more, and sleeps on ``wakeup`` if nothing came. The caller
+    spins on ``posted[w]``; after WORKER_SPINS it takes ``wakeup``'s lock, sets
+    ``asleep[w]``, reads ``posted[w]`` once more, and waits if nothing came. The caller
     writes ``posted`` and then reads ``asleep`` (each store fenced, so neither side
     can read before its own write is visible): either the worker sees the new part or
     the caller sees the worker asleep and notifies it under the lock, under which the
@@ -214,7 +214,10 @@ class _SpinPool:
     """
 
     def __init__(self):
-        self.capacity = 0
+        self.posted = np.zeros(0, np.int64)
+        self.asleep = np.zeros(0, np.int64)
+        self.progress = np.zeros(0, np.int64)
+        self.rows: list = []
         self.tasks: list = []
         self.errors: list = []
         self.wakeup = threading.Condition()
@@ -222,23 +225,20 @@ class _SpinPool:
         self._grow(max(1, numba.config.NUMBA_NUM_THREADS - 1))
 
     def _grow(self, n):
-        """Room for n workers (arrays replaced under the lock; workers re-read them)."""
+        """Room for n workers. The arrays are replaced (their values kept) under the
+        lock, under which a worker also announces its sleep, so no announcement lands
+        in an old array; a spinning worker reads the new ones after its spin."""
         with self.wakeup:
-            old = self.capacity
-            self.posted = np.concatenate([getattr(self, "posted", np.zeros(0, np.int64)),
-                                          np.zeros(n - old, np.int64)])
-            self.asleep = np.zeros(n, np.int64)
-            progress = np.zeros(n * PROGRESS_WORDS, np.int64)
-            if old:
-                progress[:old * PROGRESS_WORDS] = self.progress
-            self.progress = progress
-            self.rows = [progress[w * PROGRESS_WORDS:(w + 1) * PROGRESS_WORDS] for w in range(n)]
-            self.capacity = n
+            self.posted = _extended(self.posted, n)
+            self.asleep = _extended(self.asleep, n)
+            self.progress = _extended(self.progress, n * PROGRESS_WORDS)
+            self.rows = [self.progress[w * PROGRESS_WORDS:(w + 1) * PROGRESS_WORDS]
+                         for w in range(n)]
 
     def ensure_workers(self, n):
         if n <= len(self.tasks):
             return
-        if n > self.capacity:
+        if n > len(self.posted):
             self._grow(n)
         old = len(self.tasks)
         self.tasks += [None] * (n - old)
@@ -250,11 +250,10 @@ class _SpinPool:
         seen = 0
         while True:
             if _spin_until_not(self.posted, w, seen, WORKER_SPINS) == seen:
-                if _announce_sleep(self.asleep, self.posted, w) == seen:
-                    with self.wakeup:
-                        while self.posted[w] == seen:
-                            self.wakeup.wait()
-                self.asleep[w] = 0
+                with self.wakeup:
+                    while _announce_sleep(self.asleep, self.posted, w) == seen:
+                        self.wakeup.wait()
+                    self.asleep[w] = 0
             seen = int(self.posted[w])
             kernel, args = self.tasks[w]
             self.tasks[w] = None
@@ -294,6 +293,11 @@ class _SpinPool:
         """Spin, GIL released, until workers 0..n-1 have reached `flag` of their part."""
         while not _spin_until_reached(self.progress, n, flag, CALLER_SPINS):
             pass
+
+
+def _extended(a, size):
+    """a followed by zeros up to `size` elements (a new array)."""
+    return np.concatenate([a, np.zeros(size - a.size, a.dtype)])
 
 
 #: the pool and the process that made it: a child made by fork inherits the pool
