@@ -176,6 +176,40 @@ def test_pixel_decoder_kernel_gives_the_same_bits_on_any_thread_count():
     for a, b in zip(*runs_by_threads, strict=True):
         np.testing.assert_array_equal(a, b)
 
+def test_a_kept_forward_cache_is_never_overwritten_by_the_next_forward(monkeypatch):
+    """The compiled decoder keeps its hidden layers in reused memory (_backend.workspace):
+    a second forward must not reuse the arrays of a cache that is still alive, and once
+    that cache is gone its arrays are reused, so the pool does not grow step by step."""
+    from tinyvae._backend import workspace
+
+    monkeypatch.setattr(workspace, "MIN_BYTES", 0)  # pool even these small arrays
+    workspace.release()
+    before = workspace.pooled_bytes()   # arrays still in use elsewhere, if any
+    rng = np.random.default_rng(11)
+    z, coords, first, dense, out = random_pixel_decoder(rng, np.float32, 5, 3, (6, 7), (8, 9))
+    z_other = rng.standard_normal(z.shape).astype(np.float32)
+    dout = rng.standard_normal((5, 42)).astype(np.float32)
+    with tv.use_backend("numba"):
+        y, cache = layers.pixel_decoder_forward(z, coords, first, dense, out)
+        want = [y.copy(), *flat_grads(layers.pixel_decoder_backward(dout, cache))]
+        del cache, y
+        pooled = workspace.pooled_bytes() - before
+        assert pooled > 0
+        y, kept = layers.pixel_decoder_forward(z, coords, first, dense, out)
+        y_other, other = layers.pixel_decoder_forward(z_other, coords, first, dense, out)
+        assert not np.array_equal(y_other, y)
+        assert workspace.pooled_bytes() == before + 2 * pooled   # the kept cache's own arrays
+        got = [y, *flat_grads(layers.pixel_decoder_backward(dout, kept))]
+        del kept, other, y_other
+        for _ in range(3):
+            layers.pixel_decoder_backward(dout, layers.pixel_decoder_forward(
+                z, coords, first, dense, out)[1])
+        assert workspace.pooled_bytes() == before + 2 * pooled   # reused, not grown
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+    workspace.release()
+
+
 def test_parameter_names_and_shapes():
     m = tv.VAE(12, (8,), 3, decoder="broadcast", decoder_hidden=(6, 5), image_shape=(3, 4))
     shapes = {k: v.shape for k, v in m.params.items() if k.startswith(("dec", "out"))}

@@ -330,6 +330,32 @@ def test_activations_keep_nan():
         assert np.isnan(K.activate(a, activation)[0, 0]), activation
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", [1, 7, 8, 17, 64, 301])
+def test_relu_kernels_exact_on_special_values(rng, size, dtype):
+    """The vector ReLU / leaky ReLU kernels and their gradients (in place too) give the
+    scalar definitions' bits, lane loop and scalar tail alike: NaN kept, -0 kept as -0,
+    infinities and tiny values."""
+    from tinyvae._backend import fused
+
+    specials = np.array([np.nan, -0.0, 0.0, -np.inf, np.inf, -1e-30, 1e-30, -2.5, 3.0], dtype)
+    x = np.resize(specials, size) * rng.choice([1, -1], size).astype(dtype)
+    alpha = dtype(0.2)
+    want_value = {"relu": np.where(x < 0, dtype(0), x), "leaky_relu": np.where(x > 0, x, alpha * x)}
+    dy = rng.standard_normal(size).astype(dtype)
+    for name, want in want_value.items():
+        code = fused.ACTIVATION_CODES[name]
+        got = x.copy()
+        fused.apply_activation(got, code, alpha)
+        np.testing.assert_array_equal(got.view(f"u{x.itemsize}"), want.view(f"u{x.itemsize}"))
+        slope = np.where(want > 0, dtype(1), dtype(0) if name == "relu" else alpha)
+        for in_place in (False, True):
+            da = dy.copy() if in_place else np.empty_like(dy)
+            fused.activation_grad_into(da if in_place else dy, want, code, alpha, da)
+            np.testing.assert_array_equal(da.view(f"u{x.itemsize}"),
+                                          (dy * slope).view(f"u{x.itemsize}"))
+
+
 def test_activation_bias_backward_deterministic(rng):
     dy = rng.standard_normal((300, 257)).astype(np.float32)
     y = np.abs(rng.standard_normal((300, 257))).astype(np.float32)

@@ -20,7 +20,16 @@ import math
 
 from tinyvae._backend.activations import ACTIVATION_CODES
 from tinyvae._backend.numba_flags import njit
-from tinyvae._backend.simd import exp_nonpositive, lanes, log1p_unit, scalar_like, vload, vstore
+from tinyvae._backend.simd import (
+    exp_nonpositive,
+    lanes,
+    log1p_unit,
+    scalar_like,
+    vload,
+    vsplat,
+    vstore,
+    vwhere_less,
+)
 from tinyvae._backend.threads import part_done, part_started
 
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SOFTPLUS = (
@@ -52,6 +61,38 @@ def _positive_part(v, zero):
 # activations
 # ----------------------------------------------------------------------------
 
+# The two activations that leave part of x unchanged are written with explicit vectors:
+# as scalar loops LLVM turns them into masked stores (see simd.vwhere_less).
+
+
+@njit
+def _relu_in_place(x, zero):
+    """x = _positive_part(x, 0), lane by lane, then a scalar tail."""
+    L = lanes(x)
+    z = vsplat(x, zero)
+    i = 0
+    while i + L <= x.size:
+        v = vload(x, i)
+        vstore(x, i, vwhere_less(v, z, z, v))
+        i += L
+    for j in range(i, x.size):
+        x[j] = _positive_part(x[j], zero)
+
+
+@njit
+def _leaky_relu_in_place(x, zero, alpha):
+    """x = x if x > 0 else alpha x, lane by lane, then a scalar tail."""
+    L = lanes(x)
+    z = vsplat(x, zero)
+    i = 0
+    while i + L <= x.size:
+        v = vload(x, i)
+        vstore(x, i, vwhere_less(z, v, v, v * alpha))
+        i += L
+    for j in range(i, x.size):
+        v = x[j]
+        x[j] = v if v > zero else alpha * v
+
 
 @njit
 def apply_activation(x, act, alpha):
@@ -60,12 +101,9 @@ def apply_activation(x, act, alpha):
     one = scalar_like(x, 1)
     # one loop per activation so each is a branch-free loop the compiler vectorises
     if act == RELU:
-        for i in range(x.size):
-            x[i] = _positive_part(x[i], zero)
+        _relu_in_place(x, zero)
     elif act == LEAKY_RELU:
-        for i in range(x.size):
-            v = x[i]
-            x[i] = v if v > zero else alpha * v
+        _leaky_relu_in_place(x, zero, alpha)
     elif act == TANH:
         for i in range(x.size):
             x[i] = math.tanh(x[i])
@@ -81,6 +119,23 @@ def apply_activation(x, act, alpha):
 
 
 @njit
+def _scale_by_slope(dy, y, zero, one, below, da):
+    """da = dy * (one if y > 0 else below): the gradient of ReLU (below = 0) and leaky ReLU.
+
+    Explicit vectors, then a scalar tail: with da = dy (in place) the scalar loop leaves
+    the lanes it multiplies by one unstored and becomes a masked store (simd.vwhere_less).
+    """
+    L = lanes(y)
+    z, ones, belows = vsplat(y, zero), vsplat(y, one), vsplat(y, below)
+    i = 0
+    while i + L <= y.size:
+        vstore(da, i, vload(dy, i) * vwhere_less(z, vload(y, i), ones, belows))
+        i += L
+    for j in range(i, y.size):
+        da[j] = dy[j] * (one if y[j] > zero else below)
+
+
+@njit
 def activation_grad_into(dy, y, act, alpha, da):
     """da = dy * act'(a), act' written through y = act(a). All 1-D contiguous, same size."""
     zero = scalar_like(y, 0)
@@ -89,11 +144,9 @@ def activation_grad_into(dy, y, act, alpha, da):
         for i in range(y.size):
             da[i] = dy[i] * one
     elif act == RELU:
-        for i in range(y.size):
-            da[i] = dy[i] * (one if y[i] > zero else zero)
+        _scale_by_slope(dy, y, zero, one, zero, da)
     elif act == LEAKY_RELU:
-        for i in range(y.size):
-            da[i] = dy[i] * (one if y[i] > zero else alpha)
+        _scale_by_slope(dy, y, zero, one, alpha, da)
     elif act == TANH:
         for i in range(y.size):
             da[i] = dy[i] * (one - y[i] * y[i])

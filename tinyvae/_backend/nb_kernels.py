@@ -24,6 +24,7 @@ from tinyvae._backend import fused as _fused
 from tinyvae._backend import pixel_net as _pixel_net
 from tinyvae._backend import tc as _tc
 from tinyvae._backend import updates as _updates
+from tinyvae._backend import workspace
 from tinyvae._backend.gemm import gemm, gemm_into
 from tinyvae._backend.simd import VECTOR_BYTES
 from tinyvae._backend.threads import num_threads, run_parts, split
@@ -246,7 +247,8 @@ def pixel_decoder_forward(z, coords, first, hidden, out, act_code, alpha):
     Ws = tuple(_padded(W, s) for (W, _), s in zip(hidden, shapes, strict=True)) or (zW,)
     bs = tuple(_padded(bh, (s[1],)) for (_, bh), s in zip(hidden, shapes, strict=True)) or (zW,)
     w_out = _padded(out[0][:, 0], (dims[-1],))
-    hs = tuple(np.empty(n * Pp * h, dtype) for h in dims)
+    # every layer of every (image, pixel) row, kept for the backward: reused memory
+    hs = tuple(workspace.empty(n * Pp * h, dtype) for h in dims)
     logits = np.empty(n * P, dtype)
     args = (zW, cwb, Ws, bs, w_out, dtype.type(out[1][0]), hs, logits, dims, P, Pp, act_code,
             dtype.type(alpha))

@@ -209,9 +209,11 @@ def backward_images(dlogits, coords, hs, WTs, w_out, dims, P, Pp, act, alpha, dW
     depth = dims.size
     width = dims.max()
     zeros = np.zeros(width, w_out.dtype)
+    # one image's layer gradients, reused by every image of the part (allocated per
+    # image, each 128 KB buffer was a fresh mapping of memory, paid in page faults)
+    d = np.empty(Pp * width, w_out.dtype)
+    e = np.empty(Pp * width, w_out.dtype)
     for i in range(lo, hi):
-        d = np.empty(Pp * width, w_out.dtype)
-        e = np.empty(Pp * width, w_out.dtype)
         l = depth - 1
         N = dims[l]
         _output_layer_backward(dlogits, hs[l], w_out, d, i, P, N, Pp, dw_out)

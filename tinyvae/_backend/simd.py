@@ -225,6 +225,28 @@ vmin = _binary("minnum")
 
 
 @intrinsic
+def vwhere_less(typingctx, a, b, x, y):
+    """x if a < b else y, lane by lane (vcmpltps + vblendvps); a NaN compares false.
+
+    For in-place updates such as ReLU's ``zero if v < zero else v``: written as a scalar
+    loop, LLVM drops the store of the unchanged lanes and vectorises what is left as a
+    masked store (vmaskmovps), which AMD's Zen cores run ~10x slower than a plain store
+    (measured 0.5 ns against 0.05 ns a float32 element on a Zen 3).
+    """
+    if not (isinstance(a, SimdVector) and a == b == x == y):
+        return None
+
+    def codegen(context, builder, sig, args):
+        va, vb, vx, vy = args
+        chosen = builder.select(builder.fcmp_ordered("<", va, vb), vx, vy)
+        # an arithmetic fence (no instruction) hides the select from the pass that
+        # would otherwise still see "store(select(c, 0, load p), p)" and mask the store
+        return _call_llvm_intrinsic(builder, "arithmetic.fence", chosen.type, [chosen])
+
+    return a(a, b, x, y), codegen
+
+
+@intrinsic
 def vsqrt(typingctx, a):
     """Square root, lane by lane (vsqrtps/pd)."""
     if not isinstance(a, SimdVector):
