@@ -362,6 +362,31 @@ def test_bad_input_is_named(x, error, pattern):
         m.loss(x)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_the_finiteness_check_agrees_with_isfinite(dtype):
+    """_checks.all_finite decides by one sum; a sum that overflows on finite values must
+    not be taken for a non-finite value, and one NaN or inf anywhere must be found."""
+    from tinyvae._checks import all_finite
+
+    huge = np.full((5, 7), np.finfo(dtype).max, dtype)      # finite, its sum overflows
+    assert all_finite(huge)
+    for bad in (np.nan, np.inf, -np.inf):
+        for where in ((0, 0), (4, 6), (2, 3)):
+            x = np.zeros((5, 7), dtype)
+            x[where] = bad
+            assert not all_finite(x)
+            assert not all_finite(x[:, ::2] if where[1] % 2 == 0 else x.T)
+    both = np.zeros((5, 7), dtype)
+    both[1, 1], both[3, 3] = np.inf, -np.inf                # their sum is NaN, still caught
+    assert not all_finite(both)
+
+
+def test_rows_too_large_for_the_model_dtype_are_named():
+    m = tv.VAE(8, (4,), 2, likelihood="gaussian")           # float32
+    with pytest.raises(ValueError, match=r"x: values up to 1e\+300 overflow float32"):
+        m.loss(np.full((2, 8), 1e300))
+
+
 def test_bad_arguments_are_named():
     X = np.random.default_rng(0).random((10, 8))
     with pytest.raises(ValueError, match="batch_size: expected a positive integer, got 0"):
