@@ -138,18 +138,25 @@ def forward_images(zW, cwb, Ws, bs, w_out, b_out, hs, logits, dims, P, Pp, act, 
 def _output_layer_backward(dlogits, last, w_out, d, i, P, K, Pp, dw_out):
     """d[p] = dlogits[i, p] w_out (dh of the last hidden layer) and image i's dw_out.
 
-    Columns outer, pixels inner: each column block's sum stays in a register.
+    Column blocks outer, two at a time (K is a multiple of 2 lanes), pixels inner: each
+    block's sum stays in a register, and the two sums are independent FMA chains, so
+    one does not wait on the other's latency (one block at a time ran at one FMA per
+    FMA latency). Each block still sums its pixels in order: the same bits.
     """
     L = lanes(d)
     zero = dlogits[0] * 0
-    for j in range(0, K, L):
-        w = vload(w_out, j)
-        acc = vsplat(d, zero)
+    for j in range(0, K, 2 * L):
+        w0, w1 = vload(w_out, j), vload(w_out, j + L)
+        acc0, acc1 = vsplat(d, zero), vsplat(d, zero)
         for p in range(P):
             g = vbroadcast(dlogits, i * P + p)
-            vstore(d, p * K + j, g * w)
-            acc = vfma(g, vload(last, (i * Pp + p) * K + j), acc)
-        vstore(dw_out, i * K + j, acc)
+            vstore(d, p * K + j, g * w0)
+            vstore(d, p * K + j + L, g * w1)
+            row = (i * Pp + p) * K + j
+            acc0 = vfma(g, vload(last, row), acc0)
+            acc1 = vfma(g, vload(last, row + L), acc1)
+        vstore(dw_out, i * K + j, acc0)
+        vstore(dw_out, i * K + j + L, acc1)
     for p in range(P * K, Pp * K):   # padded pixels: no gradient
         d[p] = zero
 
