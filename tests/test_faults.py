@@ -650,3 +650,34 @@ def test_deferred_interrupt_with_defer_never_raises_inside_the_block():
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)
+
+
+def test_no_signal_falls_between_the_training_loop_and_the_final_save():
+    """The run saver's deferred context encloses the training loop's: a Ctrl-C that lands
+    after the loop's context ended (it stopped on a first Ctrl-C) and before the save is
+    recorded, never raised by Python's default handler (this lost the final save of
+    test_two_quick_ctrl_c_save_the_state_of_the_last_whole_step now and then)."""
+    try:
+        with training.deferred_interrupt(defer=True) as outer:
+            with training.deferred_interrupt() as inner:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)
+            assert inner["hit"] and outer["hit"] and outer["signal"] == "SIGTERM"
+            os.kill(os.getpid(), signal.SIGINT)       # the window: must only be recorded
+            time.sleep(0.01)
+    except KeyboardInterrupt:
+        pytest.fail("a SIGINT between two nested deferred_interrupt contexts raised")
+    assert outer["signal"] == "SIGTERM"                # the first signal names the stop
+
+
+def test_a_signal_before_the_training_loop_stops_it_after_one_step():
+    """A Ctrl-C that arrives while the saver's context is open but the loop's is not yet
+    (data checks, set-up) is handed to the loop, which stops after its first step."""
+    X = np.random.default_rng(0).random((64, 8))
+    m = tv.VAE(8, (4,), 2, seed=0)
+    with training.deferred_interrupt(defer=True) as outer:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        with pytest.raises(training.Interrupted):
+            m.fit(X, steps=50, batch_size=8, progress=False, seed=0)
+    assert outer["hit"] and m.step_ == 1

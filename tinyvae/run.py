@@ -801,14 +801,18 @@ def _train_in_folder(folder, config, model, data, steps, resume, progress, save,
         fit_args.update(batch_size=config["batch_size"], optimizer=build_optimizer(config),
                         seed=config["seed"], kl_warmup_steps=config.get("kl_warmup") or 0)
     state, stopped_by = "finished", None
-    try:
-        model.fit(data.X, resume=resume, **fit_args)
-    except KeyboardInterrupt as err:
-        state, stopped_by = "interrupted", getattr(err, "signal", "SIGINT")
-    except FloatingPointError as err:
-        save.status(model, "failed", error=str(err))
-        raise
-    with training.deferred_interrupt(defer=True):   # a Ctrl-C now would lose the save
+    # From here to the end of the save no signal reaches Python's default handler: the
+    # training loop's own handler takes them while it runs (a first one stops after the
+    # step, a second at once), this one between the loop and the save, where a
+    # KeyboardInterrupt would lose the save.
+    with training.deferred_interrupt(defer=True):
+        try:
+            model.fit(data.X, resume=resume, **fit_args)
+        except KeyboardInterrupt as err:
+            state, stopped_by = "interrupted", getattr(err, "signal", "SIGINT")
+        except FloatingPointError as err:
+            save.status(model, "failed", error=str(err))
+            raise
         save(model, state, **({"signal": stopped_by} if stopped_by else {}))
     return TrainResult(model, data, state, int(model.step_), steps, save.seconds(), stopped_by,
                        clock.images_per_second())

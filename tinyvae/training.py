@@ -32,12 +32,20 @@ def deferred_interrupt(defer=False):
     ("SIGINT", "SIGTERM"). A second signal means "stop now" and raises
     KeyboardInterrupt at once, except while "defer" is True (the loop sets it while
     it applies an update): then it only takes effect at the end of the step.
+
+    Contexts nest, so that no signal ever reaches Python's default handler between
+    two of them (the run saver holds one around the training loop's: a second Ctrl-C
+    just after the loop stopped would otherwise cut the final save short). An inner
+    context starts with the signal its enclosing one has already seen, and hands its
+    own on when it ends.
     Outside the main thread (where signal handlers cannot be set) the flag never changes.
     """
     flag = {"hit": False, "signal": None, "defer": bool(defer)}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
+    if _enclosing_flags and _enclosing_flags[-1]["hit"]:
+        flag["hit"], flag["signal"] = True, _enclosing_flags[-1]["signal"]
 
     def handler(signum, frame):
         stop_now = flag["hit"] and not flag["defer"]
@@ -47,11 +55,22 @@ def deferred_interrupt(defer=False):
             raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    _enclosing_flags.append(flag)
     try:
         yield flag
     finally:
+        # the enclosing context learns of this one's signal before its handler returns
+        _enclosing_flags.pop()
+        if _enclosing_flags and flag["hit"]:
+            outer = _enclosing_flags[-1]
+            outer["signal"] = outer["signal"] or flag["signal"]
+            outer["hit"] = True
         for s, old in previous.items():
             signal.signal(s, old)
+
+
+#: the flags of the deferred_interrupt contexts open in the main thread, innermost last
+_enclosing_flags: list[dict] = []
 
 
 class Interrupted(KeyboardInterrupt):
