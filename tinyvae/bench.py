@@ -459,14 +459,19 @@ def torch_main_job_step(config, x, eps):
     return _torch_adam_step(TorchMainJob(config), x, eps)
 
 
-def blas_rate(batch, fan_in, fan_out, clock="wall", settle_seconds=0.0):
-    """numpy.matmul FLOP/s at (batch, fan_in) @ (fan_in, fan_out), float32, current threads."""
+def _first_layer_product(batch, fan_in, fan_out):
+    """(a call of numpy.matmul at (batch, fan_in) @ (fan_in, fan_out) float32, its FLOPs)."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((batch, fan_in)).astype(np.float32)
     b = rng.standard_normal((fan_in, fan_out)).astype(np.float32)
-    (t,) = interleaved_times([lambda: np.matmul(a, b)], min_time=0.2, clock=clock,
-                             settle_seconds=settle_seconds)
-    return 2.0 * batch * fan_in * fan_out / median(t)
+    return (lambda: np.matmul(a, b)), 2.0 * batch * fan_in * fan_out
+
+
+def blas_rate(batch, fan_in, fan_out, clock="wall", settle_seconds=0.0):
+    """numpy.matmul FLOP/s at (batch, fan_in) @ (fan_in, fan_out), float32, current threads."""
+    product, flops = _first_layer_product(batch, fan_in, fan_out)
+    (t,) = interleaved_times([product], min_time=0.2, clock=clock, settle_seconds=settle_seconds)
+    return flops / median(t)
 
 
 def floor_images_per_second(config, input_dim, batch, threads):
@@ -514,16 +519,20 @@ def run_step(models=("canonical",), batches=(64, 128), threads=(1, 2), min_time=
             if use_torch:
                 contenders["torch"] = (torch_main_job_step(config, x, eps) if config else
                                        torch_step(dims, x, eps))
+            # the floor's rate is timed in the same turns as the steps, so that a change of
+            # the machine's speed during the run moves both sides of floor/step alike
+            first_layer, first_flops = _first_layer_product(batch, dims[0], dims[1][0])
+            contenders["floor"] = first_layer
             for nt in threads:
                 ck, wait = _clock(clock, nt), _settle(nt, settle)
                 with thread_limit(nt):
                     times = interleaved_times(list(contenders.values()), min_time, warmup=5,
                                               clock=ck, settle_seconds=wait)
-                    rate = blas_rate(batch, dims[0], dims[1][0], ck, wait)
+                t = {k: median(v) for k, v in zip(contenders, times, strict=True)}
+                rate = first_flops / t.pop("floor")
                 flops = (main_job_gemm_flops(batch, config) if config else
                          gemm_flops(batch, layer_shapes(*dims)))
                 floor = flops / rate
-                t = {k: median(v) for k, v in zip(contenders, times, strict=True)}
                 results[(name, batch, nt)] = t
                 torch_t = t.get("torch")
                 rows.append([name, str(batch), str(nt), f"{1 / t['numba']:.0f}",
