@@ -314,3 +314,29 @@ def test_a_fresh_compilation_gives_the_same_bits(tmp_path, monkeypatch):
     assert set(fresh.files) == set(here.files) and "dec2.W" in fresh.files
     for name in fresh.files:
         np.testing.assert_array_equal(here[name], fresh[name], err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_output_layer_blocks_give_each_pixel_the_bits_of_its_own_dot(dtype):
+    """The decoder's 32 -> 1 output layer sums L pixels at a time (transposed lanes, exact
+    FMAs); every pixel must get the bits of _dot, the sum one pixel at a time, whatever
+    the number of pixels (full blocks, a tail, only a tail)."""
+    from tinyvae._backend import pixel_net
+    from tinyvae._backend.simd import VECTOR_BYTES
+
+    L = VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(3)
+    K = 4 * L
+    for P in (1, L - 1, L, L + 1, 3 * L + 5):
+        Pp, n = P + 3, 2                      # padded rows, two images
+        last = rng.standard_normal(n * Pp * K).astype(dtype)
+        w = rng.standard_normal(K).astype(dtype)
+        b_out = dtype(0.3)
+        got = np.empty(n * P, dtype)
+        scratch = np.empty(2 * L * L, dtype)
+        for i in range(n):
+            pixel_net._output_layer(last, i, P, Pp, K, w, b_out, got, scratch)
+        want = np.array([b_out + pixel_net._dot(last, (i * Pp + p) * K, w, K, scratch)
+                         for i in range(n) for p in range(P)], dtype)
+        np.testing.assert_array_equal(got.view(f"u{np.dtype(dtype).itemsize}"),
+                                      want.view(f"u{np.dtype(dtype).itemsize}"))

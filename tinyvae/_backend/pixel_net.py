@@ -25,7 +25,15 @@ import numpy as np
 
 from tinyvae._backend.fused import activation_grad_into, apply_activation
 from tinyvae._backend.numba_flags import njit
-from tinyvae._backend.simd import lanes, vbroadcast, vfma, vload, vsplat, vstore
+from tinyvae._backend.simd import (
+    lanes,
+    transpose_block,
+    vbroadcast,
+    vfma,
+    vload,
+    vsplat,
+    vstore,
+)
 from tinyvae._backend.threads import part_done, part_started
 
 #: pixel rows of one register tile; every image's rows are padded to a multiple of it
@@ -84,19 +92,51 @@ def tile_products(A, a_off, a_rs, a_ts, B, b_off, b_ts, T, C, c_off, c_rs, M, N,
 
 
 @njit
-def _dot(x, off, w, K, lane_sums):
-    """sum_k x[off + k] w[k], K a multiple of the lane count, in a fixed order: FMAs
-    lane by lane, then the lanes added one by one (a reduction left to the compiler
-    could be reordered differently in another compilation, and change the bits)."""
+def _lane_products(x, off, w, K):
+    """The L lanes of sum_k x[off + k] w[k] before they are added (K a multiple of L):
+    lane j holds x[off + j] w[j] + x[off + L + j] w[L + j] + ..., FMAs in that order."""
     L = lanes(x)
     acc = vfma(vload(x, off), vload(w, 0), vsplat(x, x[off] * 0))
     for k in range(L, K, L):
         acc = vfma(vload(x, off + k), vload(w, k), acc)
-    vstore(lane_sums, 0, acc)
+    return acc
+
+
+@njit
+def _dot(x, off, w, K, lane_sums):
+    """sum_k x[off + k] w[k] in a fixed order: _lane_products, then the lanes added one by
+    one (a reduction left to the compiler could be reordered differently in another
+    compilation, and change the bits)."""
+    vstore(lane_sums, 0, _lane_products(x, off, w, K))
     total = lane_sums[0]
-    for j in range(1, L):
+    for j in range(1, lanes(x)):
         total += lane_sums[j]
     return total
+
+
+@njit
+def _output_layer(last, i, P, Pp, K, w_out, b_out, logits, block):
+    """logits[i, p] = b_out + _dot(image i's row p of last, w_out) for p < P.
+
+    L pixels at a time: their lane vectors are transposed in registers, so that one
+    vector holds lane j of L pixels, and added lane after lane with exact FMAs (1 v + t,
+    never regrouped, see _bias_grad): every pixel's total is _dot's sum in _dot's order,
+    without L scalar adds after each pixel. block: scratch of 2 L^2 elements.
+    """
+    L = lanes(last)
+    one, bias = vsplat(last, 1), vsplat(last, b_out)
+    p = 0
+    while p + L <= P:
+        for q in range(L):
+            vstore(block, q * L, _lane_products(last, (i * Pp + p + q) * K, w_out, K))
+        transpose_block(block, 0, L, L, block, L * L, L)
+        total = vload(block, L * L)
+        for j in range(1, L):
+            total = vfma(one, vload(block, L * L + j * L), total)
+        vstore(logits, i * P + p, vfma(one, bias, total))
+        p += L
+    for q in range(p, P):
+        logits[i * P + q] = b_out + _dot(last, (i * Pp + q) * K, w_out, K, block)
 
 
 @njit
@@ -120,6 +160,7 @@ def forward_images(zW, cwb, Ws, bs, w_out, b_out, hs, logits, dims, P, Pp, act, 
     """
     part_started(progress)
     depth = dims.size
+    block = np.empty(2 * lanes(w_out) ** 2, w_out.dtype)
     for i in range(lo, hi):
         _first_layer(zW, cwb, hs[0], i, Pp, dims[0], act, alpha)
         for l in range(1, depth):
@@ -127,10 +168,8 @@ def forward_images(zW, cwb, Ws, bs, w_out, b_out, hs, logits, dims, P, Pp, act, 
             tile_products(hs[l - 1], i * Pp * K, K, 1, Ws[l - 1], 0, N, K,
                           hs[l], i * Pp * N, N, Pp, N, bs[l - 1], False)
             apply_activation(hs[l][i * Pp * N:(i + 1) * Pp * N], act, alpha)
-        last, K = hs[depth - 1], dims[depth - 1]
-        lane_sums = np.empty(lanes(last), last.dtype)
-        for p in range(P):
-            logits[i * P + p] = b_out + _dot(last, (i * Pp + p) * K, w_out, K, lane_sums)
+        last = hs[depth - 1]
+        _output_layer(last, i, P, Pp, dims[depth - 1], w_out, b_out, logits, block)
     part_done(progress)
 
 
