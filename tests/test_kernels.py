@@ -217,6 +217,21 @@ def test_gemm_narrow_outputs(rng, n, form, dtype):
     assert_gemm_close(product(form, a, b), form, a, b)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("m, k, n", [(13, 300, 8), (64, 600, 20), (130, 257, 40), (257, 40, 37),
+                                     (400, 64, 200)])
+def test_gemm_each_row_has_the_bits_it_has_alone(rng, m, k, n, form, dtype):
+    # one row alone goes through a padded edge tile; in a bigger product it is in a full
+    # 6-row tile, a 12-row narrow tile (n % 16 <= 8), a balanced block of A, or a tile
+    # of C large enough to be prefetched (400 x 200). Every path must run the same FMAs
+    # in the same order.
+    a, b = operands(rng, form, m, k, n, dtype)
+    whole = product(form, a, b)
+    rows = [product(form, a[:, i:i + 1] if form == "tn" else a[i:i + 1], b) for i in range(m)]
+    np.testing.assert_array_equal(whole, np.concatenate(rows))
+
+
 def test_gemm_read_only_inputs(rng):
     # A read in place must not be unified with the writable packing buffer (one
     # dtype only: each read-only signature compiles the GEMM chain again)

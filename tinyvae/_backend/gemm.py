@@ -44,6 +44,7 @@ from tinyvae._backend.simd import (
     VECTOR_BYTES,
     lanes,
     load,
+    prefetch_for_write,
     store,
     transpose_block,
     vadd,
@@ -66,6 +67,8 @@ DIRECT_A_MAX_PANELS = 4
 #: below this many flops the single-threaded path wins (a hand-off to a thread costs
 #: ~10-30 us)
 PARALLEL_MIN_FLOPS = 4_000_000
+#: a C tile at least this large (half of a 512 KB L2) is prefetched for writing
+PREFETCH_C_MIN_BYTES = 256 * 1024
 
 
 # ----------------------------------------------------------------------------
@@ -86,6 +89,15 @@ def _store_row(c, co, v0, v1, accumulate):
     """C[row, 0:NR] = (C[row, 0:NR] if accumulate else 0) + [v0 v1]."""
     _store_vector(c, co, v0, accumulate)
     _store_vector(c, co + lanes(c), v1, accumulate)
+
+
+@njit
+def _prefetch_tile(c, co, ldc, rows, width):
+    """Fetch the cache lines of a rows x width tile of C (row r at c[co + r*ldc]) for
+    writing, while the FMAs that will fill it run."""
+    for r in range(rows):
+        prefetch_for_write(c, co + r * ldc)
+        prefetch_for_write(c, co + r * ldc + width - 1)
 
 
 @njit
@@ -141,12 +153,15 @@ def _micro_kernel(kc, ap, ao, ars, aks, bp, bo, c, co, ldc, accumulate):
 
 
 @njit
-def _micro_kernel_half(kc, ap, ao, ars, aks, bp, bo, c, co, ldc, accumulate):
-    """C[0:6, 0:L] (+)= Ap.T @ Bp[:, 0:L] over kc steps: the last column panel when it
-    is at most one vector wide (n = 40 in float32 is 2 full panels + 8 columns).
+def _micro_kernel_narrow(kc, ap, ao, ao2, ars, aks, bp, bo, c, co, ldc, accumulate):
+    """C[0:12, 0:L] (+)= Ap.T @ Bp[:, 0:L] over kc steps: two row panels against the last
+    column panel when it is at most one vector wide (n = 40 in float32 is 2 full panels
+    + 8 columns).
 
-    Same packed layout as _micro_kernel (B panels stay NR wide, zero-padded); it
-    simply skips the right half, which would multiply zeros. 6 accumulators.
+    Rows 0-5 are read from ap[ao + r*ars + p*aks], rows 6-11 from ap[ao2 + ...] (the next
+    packed panel, or the next rows read in place). 12 accumulators: with 6, the kernel
+    waited on the FMA latency (4 cycles) instead of issuing two FMAs a cycle. B panels
+    stay NR wide, zero-padded; the right half, which would multiply zeros, is skipped.
     """
     L = lanes(c)
     c0 = vzero(c)
@@ -155,6 +170,12 @@ def _micro_kernel_half(kc, ap, ao, ars, aks, bp, bo, c, co, ldc, accumulate):
     c3 = vzero(c)
     c4 = vzero(c)
     c5 = vzero(c)
+    c6 = vzero(c)
+    c7 = vzero(c)
+    c8 = vzero(c)
+    c9 = vzero(c)
+    c10 = vzero(c)
+    c11 = vzero(c)
     for _ in range(kc):
         b0 = vload(bp, bo)
         c0 = vfma(vbroadcast(ap, ao), b0, c0)
@@ -163,7 +184,14 @@ def _micro_kernel_half(kc, ap, ao, ars, aks, bp, bo, c, co, ldc, accumulate):
         c3 = vfma(vbroadcast(ap, ao + 3 * ars), b0, c3)
         c4 = vfma(vbroadcast(ap, ao + 4 * ars), b0, c4)
         c5 = vfma(vbroadcast(ap, ao + 5 * ars), b0, c5)
+        c6 = vfma(vbroadcast(ap, ao2), b0, c6)
+        c7 = vfma(vbroadcast(ap, ao2 + ars), b0, c7)
+        c8 = vfma(vbroadcast(ap, ao2 + 2 * ars), b0, c8)
+        c9 = vfma(vbroadcast(ap, ao2 + 3 * ars), b0, c9)
+        c10 = vfma(vbroadcast(ap, ao2 + 4 * ars), b0, c10)
+        c11 = vfma(vbroadcast(ap, ao2 + 5 * ars), b0, c11)
         ao += aks
+        ao2 += aks
         bo += 2 * L
     _store_vector(c, co, c0, accumulate)
     _store_vector(c, co + ldc, c1, accumulate)
@@ -171,6 +199,12 @@ def _micro_kernel_half(kc, ap, ao, ars, aks, bp, bo, c, co, ldc, accumulate):
     _store_vector(c, co + 3 * ldc, c3, accumulate)
     _store_vector(c, co + 4 * ldc, c4, accumulate)
     _store_vector(c, co + 5 * ldc, c5, accumulate)
+    _store_vector(c, co + 6 * ldc, c6, accumulate)
+    _store_vector(c, co + 7 * ldc, c7, accumulate)
+    _store_vector(c, co + 8 * ldc, c8, accumulate)
+    _store_vector(c, co + 9 * ldc, c9, accumulate)
+    _store_vector(c, co + 10 * ldc, c10, accumulate)
+    _store_vector(c, co + 11 * ldc, c11, accumulate)
 
 
 # ----------------------------------------------------------------------------
@@ -286,18 +320,24 @@ def _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
     rows = min(tm, m - i0)
     cols = min(tn, n - j0)
     col_panels = (cols + NR - 1) // NR
-    mc = min(mc, (rows + MR - 1) // MR * MR)
+    # rows in blocks of at most mc, of even size (whole register tiles): 128 rows are one
+    # block, 256 two of 132 and 124, never a full block and a sliver
+    a_blocks = (rows + mc - 1) // mc
+    mc = ((rows + a_blocks - 1) // a_blocks + MR - 1) // MR * MR
     n_kblocks = (k + kc_max - 1) // kc_max
     # With one block of A (m <= mc: every batch-sized forward and input-gradient
     # product), each B panel is packed right before its only use, so it is still
     # in L1; a slab packed up front (up to KC x n, ~600 KB for n = 784) would have
     # left L2 by then. With several blocks of A the slab is packed once and reused.
-    one_block = rows <= mc
+    one_block = a_blocks == 1
     # With few column panels (n = 40: 2.5), packing A costs more than it saves: each
     # packed element would feed at most a few FMAs. Rows of a row-major A are then
     # read in place (6 sequential streams); only a last partial panel is packed,
     # since reading past row m would leave the array.
     direct = one_block and acs == 1 and col_panels <= DIRECT_A_MAX_PANELS
+    # A tile of a C this large is not in cache when its first k-block is stored (no step
+    # left it in L2): fetch its lines while its FMAs run
+    prefetch_c = rows * cols * c.itemsize >= PREFETCH_C_MIN_BYTES
     bp = np.empty((NR if one_block else col_panels * NR) * kc_max, c.dtype)
     ap = np.empty(mc * kc_max + L, c.dtype)
     edge = np.empty(MR * NR, c.dtype)
@@ -321,41 +361,56 @@ def _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
                     b_off = 0
                 else:
                     b_off = jq * kc
-                for iq in range(0, ib_rows, MR):
+                iq = 0
+                while iq < ib_rows:
                     i = ic + iq
+                    # (a and ap are passed in separate calls, never through one variable:
+                    # a read-only input would not unify with the writable buffer)
+                    if width <= L and iq + 2 * MR <= ib_rows:
+                        # a column panel at most one vector wide, two whole row panels at
+                        # once (no FMAs on the zero padding); a tile narrower than a
+                        # vector goes through the scratch tile, 2*MR x L
+                        full = width == L
+                        if full:
+                            dst, dst_off, ldd = c, i * ldc + j, ldc
+                        else:
+                            dst, dst_off, ldd = edge, 0, L
+                        acc = accumulate and full
+                        if prefetch_c and full and not accumulate:
+                            _prefetch_tile(c, dst_off, ldc, 2 * MR, L)
+                        if direct:
+                            a_off = ao + i * ars + p0
+                            _micro_kernel_narrow(kc, a, a_off, a_off + MR * ars, ars, 1, bp, b_off,
+                                                 dst, dst_off, ldd, acc)
+                        else:
+                            _micro_kernel_narrow(kc, ap, iq * kc, (iq + MR) * kc, 1, MR, bp, b_off,
+                                                 dst, dst_off, ldd, acc)
+                        if not full:
+                            _store_edge(edge, L, c, i * ldc + j, ldc, 2 * MR, width, accumulate)
+                        iq += 2 * MR
+                        continue
+                    # one row panel: full tiles go straight to C, edge tiles through the
+                    # padded scratch tile
                     height = min(MR, m - i)
-                    # a panel at most one vector wide takes the half-width kernel
-                    # (no FMAs on zero padding); full tiles go straight to C, edge
-                    # tiles through a padded scratch tile
-                    half = width <= L
-                    full = height == MR and width == (L if half else NR)
+                    full = height == MR and width == NR
                     if full:
                         dst, dst_off, ldd = c, i * ldc + j, ldc
                     else:
                         dst, dst_off, ldd = edge, 0, NR
-                    # (a and ap are passed in separate calls, never through one variable:
-                    # a read-only input would not unify with the writable buffer)
                     acc = accumulate and full
+                    if prefetch_c and full and not accumulate:
+                        _prefetch_tile(c, dst_off, ldc, MR, NR)
                     if direct and height == MR:
-                        a_off = ao + i * ars + p0
-                        if half:
-                            _micro_kernel_half(kc, a, a_off, ars, 1, bp, b_off, dst, dst_off,
-                                               ldd, acc)
-                        else:
-                            _micro_kernel(kc, a, a_off, ars, 1, bp, b_off, dst, dst_off, ldd,
-                                          acc)
+                        _micro_kernel(kc, a, ao + i * ars + p0, ars, 1, bp, b_off, dst, dst_off,
+                                      ldd, acc)
                     else:
                         if direct:
                             _pack_a(a, ao, ars, acs, m, i, height, p0, kc, ap)
                         a_off = 0 if direct else iq * kc
-                        if half:
-                            _micro_kernel_half(kc, ap, a_off, 1, MR, bp, b_off, dst, dst_off,
-                                               ldd, acc)
-                        else:
-                            _micro_kernel(kc, ap, a_off, 1, MR, bp, b_off, dst, dst_off, ldd,
-                                          acc)
+                        _micro_kernel(kc, ap, a_off, 1, MR, bp, b_off, dst, dst_off, ldd, acc)
                     if not full:
                         _store_edge(edge, NR, c, i * ldc + j, ldc, height, width, accumulate)
+                    iq += MR
             if last and act != NO_EPILOGUE:
                 # the block of C just finished is still in L2
                 _epilogue(c, ic * ldc + j0, ldc, ib_rows, cols, bias, j0, act, alpha)

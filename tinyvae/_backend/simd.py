@@ -133,6 +133,28 @@ def vstore(typingctx, x, i, v):
 
 
 @intrinsic
+def prefetch_for_write(typingctx, x, i):
+    """Hint that x[i] is about to be written: fetch its cache line now (``prefetchw``).
+
+    A tile of C written once (k <= KC) would otherwise wait for each line's read for
+    ownership at its store; fetched when the tile's FMAs start, the reads overlap them.
+    """
+    if not _float_array(x) or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _indexed_pointer(context, builder, sig, args)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # rw = 1 (write), locality = 3 (keep in all cache levels), cache type 1 (data)
+        builder.call(fn, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(x, i), codegen
+
+
+@intrinsic
 def vbroadcast(typingctx, x, i):
     """A vector with every lane equal to x[i]."""
     if not _float_array(x) or not isinstance(i, types.Integer):
