@@ -291,7 +291,7 @@ def activation_bias_backward(dy: np.ndarray, y: np.ndarray, activation: str,
 
 def _check_in_place(**arrays):
     """The update kernels work on flat views; a non-contiguous array would be copied
-    by reshape(-1) and the in-place update silently lost."""
+    by ravel() and the in-place update silently lost."""
     first = next(iter(arrays.values()))
     for name, arr in arrays.items():
         if not isinstance(arr, np.ndarray) or not arr.flags.c_contiguous:
@@ -310,7 +310,7 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0):
     """
     _check_in_place(p=p, g=g, m=m, v=v)
     if _numba_active():
-        _nb().adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
+        _nb().adam_update(p.ravel(), g.ravel(), m.ravel(), v.ravel(),
                           float(lr), float(beta1), float(beta2), float(eps), int(step),
                           float(weight_decay))
         return
@@ -333,7 +333,7 @@ def sgd_update(p, g, velocity, lr, momentum, nesterov=False, weight_decay=0.0):
     """
     _check_in_place(p=p, g=g, velocity=velocity)
     if _numba_active():
-        _nb().sgd_update(p.reshape(-1), g.reshape(-1), velocity.reshape(-1), float(lr),
+        _nb().sgd_update(p.ravel(), g.ravel(), velocity.ravel(), float(lr),
                          float(momentum), bool(nesterov), float(weight_decay))
         return
     t = p.dtype.type
@@ -351,7 +351,7 @@ def adagrad_update(p, g, accum, lr, eps, weight_decay=0.0):
     """
     _check_in_place(p=p, g=g, accum=accum)
     if _numba_active():
-        _nb().adagrad_update(p.reshape(-1), g.reshape(-1), accum.reshape(-1), float(lr),
+        _nb().adagrad_update(p.ravel(), g.ravel(), accum.ravel(), float(lr),
                              float(eps), float(weight_decay))
         return
     t = p.dtype.type

@@ -342,6 +342,8 @@ def run_parts(kernel, parts) -> None:
 def split(n: int, parts: int, multiple: int = 1) -> list[tuple[int, int]]:
     """Cut range(n) into at most `parts` contiguous [lo, hi) pieces whose inner edges are
     multiples of `multiple` (a vector width, a register-tile height)."""
+    if parts <= 1:  # the common case on one thread, kept short
+        return [(0, n)] if n > 0 else []
     units = -(-n // multiple)
     parts = max(1, min(parts, units))
     edges = [min(n, (units * c // parts) * multiple) for c in range(parts + 1)]
