@@ -399,6 +399,12 @@ def test_bad_arguments_are_named():
         tv.VAE(8, (4,), 0)
     with pytest.raises(TypeError, match="dtype: expected float32 or float64"):
         tv.VAE(8, (4,), 2, dtype=np.int32)
+    # a Bernoulli likelihood has no noise to learn (this used to fail in loss() with a
+    # KeyError on "obs.logvar")
+    for cls in (tv.Autoencoder, tv.VAE, tv.BetaVAE, tv.BetaTCVAE):
+        with pytest.raises(ValueError, match="obs_std: 'learned' needs likelihood='gaussian', "
+                                             "got likelihood='bernoulli'"):
+            cls(8, (4,), 2, likelihood="bernoulli", obs_std="learned")
     with pytest.raises(ValueError, match="beta: expected a finite number >= 0"):
         tv.VAE(8, (4,), 2, beta=-1)
     with pytest.raises(ValueError, match=r"eps: expected 2 columns"):

@@ -108,6 +108,10 @@ class _BaseModel:
             except ValueError:
                 raise ValueError(f"obs_std: expected a positive number or 'learned', "
                                  f"got {obs_std!r}") from None
+        if obs_std == "learned" and self.likelihood != "gaussian":
+            # a Bernoulli likelihood has no observation noise to learn
+            raise ValueError(f"obs_std: 'learned' needs likelihood='gaussian', got "
+                             f"likelihood={self.likelihood!r}")
         self.obs_std = obs_std
         self.seed = _checks.seed("seed", seed)
         self.step_ = 0
