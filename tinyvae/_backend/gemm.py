@@ -198,18 +198,19 @@ def _micro_kernel_narrow(kc, ap, ao, ao2, ars, aks, bp, bo, c, co, ldc, accumula
         ao += aks
         ao2 += aks
         bo += 2 * L
-    _store_vector(c, co, c0, accumulate)
-    _store_vector(c, co + ldc, c1, accumulate)
-    _store_vector(c, co + 2 * ldc, c2, accumulate)
-    _store_vector(c, co + 3 * ldc, c3, accumulate)
-    _store_vector(c, co + 4 * ldc, c4, accumulate)
-    _store_vector(c, co + 5 * ldc, c5, accumulate)
-    _store_vector(c, co + 6 * ldc, c6, accumulate)
-    _store_vector(c, co + 7 * ldc, c7, accumulate)
-    _store_vector(c, co + 8 * ldc, c8, accumulate)
-    _store_vector(c, co + 9 * ldc, c9, accumulate)
-    _store_vector(c, co + 10 * ldc, c10, accumulate)
-    _store_vector(c, co + 11 * ldc, c11, accumulate)
+    _store_column(c, co, ldc, c0, c1, c2, c3, c4, c5, accumulate)
+    _store_column(c, co + MR * ldc, ldc, c6, c7, c8, c9, c10, c11, accumulate)
+
+
+@njit
+def _store_column(c, co, ldc, v0, v1, v2, v3, v4, v5, accumulate):
+    """C[r, 0:L] = (C[r, 0:L] if accumulate else 0) + v_r for the MR rows r of a tile."""
+    _store_vector(c, co, v0, accumulate)
+    _store_vector(c, co + ldc, v1, accumulate)
+    _store_vector(c, co + 2 * ldc, v2, accumulate)
+    _store_vector(c, co + 3 * ldc, v3, accumulate)
+    _store_vector(c, co + 4 * ldc, v4, accumulate)
+    _store_vector(c, co + 5 * ldc, v5, accumulate)
 
 
 # ----------------------------------------------------------------------------
