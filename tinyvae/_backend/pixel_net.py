@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyvae._backend.fused import activation_grad_into, apply_activation
+from tinyvae._backend.fused import RELU, activation_grad_into, apply_activation
 from tinyvae._backend.numba_flags import njit
 from tinyvae._backend.simd import (
     lanes,
@@ -33,6 +33,7 @@ from tinyvae._backend.simd import (
     vload,
     vsplat,
     vstore,
+    vwhere_less,
 )
 from tinyvae._backend.threads import part_done, part_started
 
@@ -144,10 +145,16 @@ def _first_layer(zW, cwb, h, i, Pp, H, act, alpha):
     """Image i's rows of layer 1: h[p] = act(zW[i] + cwb[p]), cwb = coords @ Wxy + b."""
     L = lanes(h)
     base = i * Pp * H
+    z = vsplat(h, 0)
     for p in range(Pp):
         for j in range(0, H, L):
-            vstore(h, base + p * H + j, vload(zW, i * H + j) + vload(cwb, p * H + j))
-    apply_activation(h[base:base + Pp * H], act, alpha)
+            v = vload(zW, i * H + j) + vload(cwb, p * H + j)
+            if act == RELU:
+                # fused._relu_in_place's select, on the vector before it is stored
+                v = vwhere_less(v, z, z, v)
+            vstore(h, base + p * H + j, v)
+    if act != RELU:
+        apply_activation(h[base:base + Pp * H], act, alpha)
 
 
 @njit
@@ -174,8 +181,9 @@ def forward_images(zW, cwb, Ws, bs, w_out, b_out, hs, logits, dims, P, Pp, act, 
 
 
 @njit
-def _output_layer_backward(dlogits, last, w_out, d, i, P, K, Pp, dw_out):
-    """d[p] = dlogits[i, p] w_out (dh of the last hidden layer) and image i's dw_out.
+def _output_layer_backward(dlogits, last, w_out, d, i, P, K, Pp, dw_out, relu):
+    """d[p] = dlogits[i, p] w_out (dh of the last hidden layer) and image i's dw_out;
+    with relu, d[p] also times relu'(a) through last (fused._scale_by_slope's select).
 
     Column blocks outer, two at a time (K is a multiple of 2 lanes), pixels inner: each
     block's sum stays in a register, and the two sums are independent FMA chains, so
@@ -184,16 +192,22 @@ def _output_layer_backward(dlogits, last, w_out, d, i, P, K, Pp, dw_out):
     """
     L = lanes(d)
     zero = dlogits[0] * 0
+    zeros, ones = vsplat(d, 0), vsplat(d, 1)
     for j in range(0, K, 2 * L):
         w0, w1 = vload(w_out, j), vload(w_out, j + L)
         acc0, acc1 = vsplat(d, zero), vsplat(d, zero)
         for p in range(P):
             g = vbroadcast(dlogits, i * P + p)
-            vstore(d, p * K + j, g * w0)
-            vstore(d, p * K + j + L, g * w1)
             row = (i * Pp + p) * K + j
-            acc0 = vfma(g, vload(last, row), acc0)
-            acc1 = vfma(g, vload(last, row + L), acc1)
+            y0, y1 = vload(last, row), vload(last, row + L)
+            d0, d1 = g * w0, g * w1
+            if relu:
+                d0 = d0 * vwhere_less(zeros, y0, ones, zeros)
+                d1 = d1 * vwhere_less(zeros, y1, ones, zeros)
+            vstore(d, p * K + j, d0)
+            vstore(d, p * K + j + L, d1)
+            acc0 = vfma(g, y0, acc0)
+            acc1 = vfma(g, y1, acc1)
         vstore(dw_out, i * K + j, acc0)
         vstore(dw_out, i * K + j + L, acc1)
     for p in range(P * K, Pp * K):   # padded pixels: no gradient
@@ -263,9 +277,11 @@ def backward_images(dlogits, coords, hs, WTs, w_out, dims, P, Pp, act, alpha, dW
     for i in range(lo, hi):
         l = depth - 1
         N = dims[l]
-        _output_layer_backward(dlogits, hs[l], w_out, d, i, P, N, Pp, dw_out)
+        _output_layer_backward(dlogits, hs[l], w_out, d, i, P, N, Pp, dw_out, act == RELU)
         size = Pp * N
-        activation_grad_into(d[:size], hs[l][i * size:(i + 1) * size], act, alpha, d[:size])
+        if act != RELU:
+            activation_grad_into(d[:size], hs[l][i * size:(i + 1) * size], act, alpha,
+                                 d[:size])
         while l > 0:
             K, N = dims[l - 1], dims[l]
             _bias_grad(d, P, N, dbs[l - 1], i * N)
