@@ -66,14 +66,28 @@ def _positive_part(v, zero):
 
 
 @njit
+def relu_lanes(v, zeros):
+    """ReLU of a vector, lane by lane: zeros where v < 0, else v (NaN and -0 kept, as
+    _positive_part keeps them). Every vector ReLU uses this select, so all give the
+    same bits."""
+    return vwhere_less(v, zeros, zeros, v)
+
+
+@njit
+def slope_lanes(y, zeros, ones, below):
+    """The slope of ReLU (below = 0) or leaky ReLU (below = alpha) written through its
+    output y, lane by lane: ones where y > 0, else below."""
+    return vwhere_less(zeros, y, ones, below)
+
+
+@njit
 def _relu_in_place(x, zero):
     """x = _positive_part(x, 0), lane by lane, then a scalar tail."""
     L = lanes(x)
     z = vsplat(x, zero)
     i = 0
     while i + L <= x.size:
-        v = vload(x, i)
-        vstore(x, i, vwhere_less(v, z, z, v))
+        vstore(x, i, relu_lanes(vload(x, i), z))
         i += L
     for j in range(i, x.size):
         x[j] = _positive_part(x[j], zero)
@@ -129,7 +143,7 @@ def _scale_by_slope(dy, y, zero, one, below, da):
     z, ones, belows = vsplat(y, zero), vsplat(y, one), vsplat(y, below)
     i = 0
     while i + L <= y.size:
-        vstore(da, i, vload(dy, i) * vwhere_less(z, vload(y, i), ones, belows))
+        vstore(da, i, vload(dy, i) * slope_lanes(vload(y, i), z, ones, belows))
         i += L
     for j in range(i, y.size):
         da[j] = dy[j] * (one if y[j] > zero else below)

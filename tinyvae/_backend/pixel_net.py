@@ -23,7 +23,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyvae._backend.fused import RELU, activation_grad_into, apply_activation
+from tinyvae._backend.fused import (
+    RELU,
+    activation_grad_into,
+    apply_activation,
+    relu_lanes,
+    slope_lanes,
+)
 from tinyvae._backend.numba_flags import njit
 from tinyvae._backend.simd import (
     lanes,
@@ -33,7 +39,6 @@ from tinyvae._backend.simd import (
     vload,
     vsplat,
     vstore,
-    vwhere_less,
 )
 from tinyvae._backend.threads import part_done, part_started
 
@@ -150,8 +155,7 @@ def _first_layer(zW, cwb, h, i, Pp, H, act, alpha):
         for j in range(0, H, L):
             v = vload(zW, i * H + j) + vload(cwb, p * H + j)
             if act == RELU:
-                # fused._relu_in_place's select, on the vector before it is stored
-                v = vwhere_less(v, z, z, v)
+                v = relu_lanes(v, z)   # the ReLU on the vector, before it is stored
             vstore(h, base + p * H + j, v)
     if act != RELU:
         apply_activation(h[base:base + Pp * H], act, alpha)
@@ -183,7 +187,7 @@ def forward_images(zW, cwb, Ws, bs, w_out, b_out, hs, logits, dims, P, Pp, act, 
 @njit
 def _output_layer_backward(dlogits, last, w_out, d, i, P, K, Pp, dw_out, relu):
     """d[p] = dlogits[i, p] w_out (dh of the last hidden layer) and image i's dw_out;
-    with relu, d[p] also times relu'(a) through last (fused._scale_by_slope's select).
+    with relu, d[p] also times relu'(a) through last (fused.slope_lanes).
 
     Column blocks outer, two at a time (K is a multiple of 2 lanes), pixels inner: each
     block's sum stays in a register, and the two sums are independent FMA chains, so
@@ -202,8 +206,8 @@ def _output_layer_backward(dlogits, last, w_out, d, i, P, K, Pp, dw_out, relu):
             y0, y1 = vload(last, row), vload(last, row + L)
             d0, d1 = g * w0, g * w1
             if relu:
-                d0 = d0 * vwhere_less(zeros, y0, ones, zeros)
-                d1 = d1 * vwhere_less(zeros, y1, ones, zeros)
+                d0 = d0 * slope_lanes(y0, zeros, ones, zeros)
+                d1 = d1 * slope_lanes(y1, zeros, ones, zeros)
             vstore(d, p * K + j, d0)
             vstore(d, p * K + j + L, d1)
             acc0 = vfma(g, y0, acc0)
