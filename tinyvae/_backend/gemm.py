@@ -263,20 +263,15 @@ def _pack_b(b, off, rs, cs, n, j0, cols, p0, kc, bp):
         base = q * kc
         width = min(NR, n - j0 - q)
         src = off + p0 * rs + (j0 + q) * cs
-        if width == NR and cs == 1:
-            # B row-major (A @ B): each step of k is two vector copies
-            for p in range(kc):
-                vstore(bp, base + p * NR, vload(b, src + p * rs))
-                vstore(bp, base + p * NR + L, vload(b, src + p * rs + L))
-            continue
         if cs == 1:
-            # the last panel of a row-major B, narrower than NR (n = 40: 8 columns): whole
-            # vectors where they fit, then element by element, zeros past column n. (The
-            # element loop over all NR columns took ~4 us of a 30 us n = 40 product.)
+            # B row-major (A @ B): each step of k copies whole vectors where they fit (two
+            # in a full panel), then element by element, zeros past column n (the last
+            # panel of n = 40 is one vector; element by element over all NR columns it
+            # took ~4 us of a 30 us product)
             whole = width // L * L
             for p in range(kc):
-                if whole:
-                    vstore(bp, base + p * NR, vload(b, src + p * rs))
+                for h in range(0, whole, L):
+                    vstore(bp, base + p * NR + h, vload(b, src + p * rs + h))
                 for j in range(whole, NR):
                     store(bp, base + p * NR + j, load(b, src + p * rs + j) if j < width else 0)
             continue
