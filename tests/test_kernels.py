@@ -564,6 +564,35 @@ def test_run_parts_adds_workers_while_the_others_sleep():
         np.testing.assert_array_equal(x, 2.5 + np.arange(100))
 
 
+@njit_kernel
+def _done_early(x, lo, hi, progress):
+    # says it is done, then stays busy for a time that grows with lo (the parts after the
+    # first, which run on workers, return well after this thread's own part)
+    _threads.part_started(progress)
+    x[lo:hi] = 1.0
+    _threads.part_done(progress)
+    for _ in range(lo * 4000):
+        _threads._load_acquire(progress, _threads.SEQUENCE)  # an atomic load: not optimised away
+
+
+def test_run_parts_returns_once_its_workers_are_idle_again():
+    # A worker whose kernel has returned still has Python to run (and the GIL to take).
+    # Had run_parts returned before that, the worker would sleep on the GIL while this
+    # thread runs Python, and the next hand-off would wait for it to wake. So each worker
+    # must have said IDLE for its part, even when its kernel said DONE long before.
+    pool = _threads._the_pool()
+    for n_parts in (2, 3):
+        for _ in range(5):
+            x = np.zeros(100)
+            _threads.run_parts(_done_early, [(x, lo, hi) for lo, hi in _threads.split(100, n_parts)])
+            for w in range(n_parts - 1):
+                assert pool.rows[w][_threads.IDLE] == pool.posted[w]
+            np.testing.assert_array_equal(x, 1.0)
+    with pytest.raises(ValueError, match="an empty part"):  # a raising kernel too
+        _threads.run_parts(_fail_on_empty, [(x, 0, 5), (x, 5, 5)])
+    assert pool.rows[0][_threads.IDLE] == pool.posted[0]
+
+
 def test_run_parts_reraises_a_worker_error_and_stays_usable():
     x = np.zeros(10)
     with pytest.raises(ValueError, match="an empty part"):
