@@ -351,6 +351,10 @@ def _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
     # A tile of a C this large is not in cache when its first k-block is stored (no step
     # left it in L2): fetch its lines while its FMAs run
     prefetch_c = rows * cols * c.itemsize >= PREFETCH_C_MIN_BYTES
+    # MR as a runtime int for _prefetch_tile's height: a literal argument would compile a
+    # second copy of it beside the one for 2 * MR. (The micro-kernels keep their literal
+    # packed strides 1 and MR: that copy is 1-2 % faster than one with runtime strides.)
+    mr = np.int64(MR)
     bp = np.empty((NR if one_block else col_panels * NR) * kc_max, c.dtype)
     ap = np.empty(mc * kc_max + L, c.dtype)
     edge = np.empty(MR * NR, c.dtype)
@@ -412,7 +416,7 @@ def _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
                         dst, dst_off, ldd = edge, 0, NR
                     acc = accumulate and full
                     if prefetch_c and full and not accumulate:
-                        _prefetch_tile(c, dst_off, ldc, MR, NR)
+                        _prefetch_tile(c, dst_off, ldc, mr, NR)
                     if direct and height == MR:
                         _micro_kernel(kc, a, ao + i * ars + p0, ars, 1, bp, b_off, dst, dst_off,
                                       ldd, acc)

@@ -202,7 +202,10 @@ def _post_and_wait(posted, progress, asleep, n, spins):
     for w in range(n):
         if _load_acquire(asleep, w):
             return SOME_ASLEEP
-    return STARTED_ALL if _spin_until_reached(progress, n, STARTED, spins) else TIMED_OUT
+    # (the flag as a runtime int: the literal STARTED would compile a second
+    # _spin_until_reached beside the one Python calls)
+    started = np.int64(STARTED)
+    return STARTED_ALL if _spin_until_reached(progress, n, started, spins) else TIMED_OUT
 
 
 @njit
