@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 from tinyvae._backend.activations import ACTIVATION_CODES
-from tinyvae._backend.numba_flags import njit
+from tinyvae._backend.numba_flags import njit, njit_inline
 from tinyvae._backend.simd import (
     exp_nonpositive,
     lanes,
@@ -65,7 +65,7 @@ def _positive_part(v, zero):
 # as scalar loops LLVM turns them into masked stores (see simd.vwhere_less).
 
 
-@njit
+@njit_inline
 def relu_lanes(v, zeros):
     """ReLU of a vector, lane by lane: zeros where v < 0, else v (NaN and -0 kept, as
     _positive_part keeps them). Every vector ReLU uses this select, so all give the
@@ -73,7 +73,7 @@ def relu_lanes(v, zeros):
     return vwhere_less(v, zeros, zeros, v)
 
 
-@njit
+@njit_inline
 def slope_lanes(y, zeros, ones, below):
     """The slope of ReLU (below = 0) or leaky ReLU (below = alpha) written through its
     output y, lane by lane: ones where y > 0, else below."""

@@ -55,7 +55,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from tinyvae._backend.numba_flags import njit
+from tinyvae._backend.numba_flags import njit, njit_inline
 from tinyvae._backend.simd import _indexed_pointer
 
 #: pause-loop iterations a worker spins before it sleeps: ~1 ms here (a pause takes
@@ -129,13 +129,13 @@ def _cpu_pause(typingctx):
 SEQUENCE, STARTED, DONE, IDLE, PROGRESS_WORDS = 0, 1, 2, 3, 8
 
 
-@njit
+@njit_inline
 def part_started(progress):
     """First statement of a kernel run by :func:`run_parts`: this part is running."""
     _store_release(progress, STARTED, progress[SEQUENCE])
 
 
-@njit
+@njit_inline
 def part_done(progress):
     """Last statement of a kernel run by :func:`run_parts`: its outputs are written."""
     _store_release(progress, DONE, progress[SEQUENCE])
@@ -158,7 +158,7 @@ def _idle_until_posted(posted, w, seen, progress, spins):
     return _load_acquire(posted, w)
 
 
-@njit
+@njit_inline
 def _reached(progress, row, flag, seq):
     """Whether a worker's part `seq` has reached `flag` or a later one (a part that is done
     has also started: a kernel that does not signal is only marked done by Python)."""

@@ -13,7 +13,7 @@ independent, so the result does not depend on the split.
 
 from __future__ import annotations
 
-from tinyvae._backend.numba_flags import njit
+from tinyvae._backend.numba_flags import njit, njit_inline
 from tinyvae._backend.simd import lanes, sqrt, vload, vstore
 from tinyvae._backend.threads import part_done, part_started
 
@@ -26,7 +26,7 @@ PARALLEL_MIN_SIZE = 1 << 17
 # ----------------------------------------------------------------------------
 
 
-@njit
+@njit_inline
 def _adam(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay):
     """m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  p <- p - lr m_hat / (sqrt(v_hat) + eps)."""
     m = b1 * m + c1 * g
@@ -61,7 +61,7 @@ def adam_range(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, dec
 # ----------------------------------------------------------------------------
 
 
-@njit
+@njit_inline
 def _sgd(p, g, vel, lr, momentum, nesterov, wd, decay):
     """g' = g + wd p;  vel <- momentum vel + g';  p <- p - lr (g' + momentum vel | vel)."""
     if decay:
@@ -95,7 +95,7 @@ def sgd_range(p, g, vel, lr, momentum, nesterov, wd, decay, i0, i1, progress):
 # ----------------------------------------------------------------------------
 
 
-@njit
+@njit_inline
 def _adagrad(p, g, acc, lr, eps, wd, decay):
     """g' = g + wd p;  acc <- acc + g'^2;  p <- p - lr g' / (sqrt(acc) + eps)."""
     if decay:
