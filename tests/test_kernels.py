@@ -211,10 +211,12 @@ def test_gemm_deterministic_across_calls_and_thread_counts(rng, dtype):
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("n", [4, 8, 24, 40, 65])
 def test_gemm_narrow_outputs(rng, n, form, dtype):
-    # narrow C takes the half-width kernel and reads a row-major A in place (both
-    # only when there are few column panels)
-    a, b = operands(rng, form, 64, 300, n, dtype)
-    assert_gemm_close(product(form, a, b), form, a, b)
+    # narrow C takes the narrow 12-row kernel for its last panel and reads A in place
+    # (a row-major A, or the transpose of one: both only when there are few column
+    # panels), in one block of rows and in several
+    for m in (64, 250):
+        a, b = operands(rng, form, m, 300, n, dtype)
+        assert_gemm_close(product(form, a, b), form, a, b)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
