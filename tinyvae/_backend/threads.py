@@ -301,11 +301,8 @@ class _SpinPool:
         try:
             kernel(*parts[0], NO_PROGRESS)
         finally:
-            # Wait until the workers are idle, not only done: a worker whose kernel has
-            # returned still needs the GIL for a few lines of Python. Had this thread
-            # gone back to its Python code, holding the GIL, the worker would have slept
-            # on the GIL (a futex), and the next hand-off would have waited for it to
-            # wake: ~30 us a call on a 2-vCPU VM, one context switch every call.
+            # idle, not only done: a worker whose kernel has returned still needs the
+            # GIL for a few lines of Python (see the module docstring, The GIL)
             self._wait(n, IDLE)
         error = None
         for w in range(n):
