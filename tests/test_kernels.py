@@ -225,9 +225,9 @@ def test_gemm_narrow_outputs(rng, n, form, dtype):
                                      (400, 64, 200)])
 def test_gemm_each_row_has_the_bits_it_has_alone(rng, m, k, n, form, dtype):
     # one row alone goes through a padded edge tile; in a bigger product it is in a full
-    # 6-row tile, a 12-row narrow tile (n % 16 <= 8), a balanced block of A, or a tile
-    # of C large enough to be prefetched (400 x 200). Every path must run the same FMAs
-    # in the same order.
+    # 6-row tile, a 12-row narrow tile (n % 16 <= 8; on half vectors where n % 32 <= 8
+    # with 512-bit float32), a balanced block of A, or a tile of C large enough to be
+    # prefetched (400 x 200). Every path must run the same FMAs in the same order.
     a, b = operands(rng, form, m, k, n, dtype)
     whole = product(form, a, b)
     rows = [product(form, a[:, i:i + 1] if form == "tn" else a[i:i + 1], b) for i in range(m)]

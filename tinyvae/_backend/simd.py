@@ -203,6 +203,55 @@ def vzero(typingctx, x):
     return vt(x), codegen
 
 
+@intrinsic
+def vzero_half(typingctx, x):
+    """A vector of zeros of x's dtype, half a register wide (a ymm of a 512-bit CPU).
+
+    It picks the width of the ``*_like`` operations below: a GEMM's last column panel
+    of at most half a vector (n = 40 in float32 on AVX-512: 32 + 8 columns) runs its
+    FMAs on half-width vectors, which cost half of full ones where the core splits a
+    512-bit FMA in two (Zen 4), and stores them whole instead of through a scratch tile.
+    """
+    if not _float_array(x):
+        return None
+    full = _vector_of(x)
+    vt = SimdVector(full.dtype, full.lanes // 2)
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(context.get_value_type(vt), None)
+
+    return vt(x), codegen
+
+
+@intrinsic
+def vload_like(typingctx, v, x, i):
+    """x[i : i + lanes of v] as a vector of v's type (unaligned load)."""
+    if not isinstance(v, SimdVector) or not _float_array(x) or x.dtype != v.dtype:
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[1], args[1],
+                               context.cast(builder, args[2], sig.args[2], types.intp))
+        lt = context.get_value_type(v)
+        return builder.load(_vector_pointer(builder, ptr, lt), align=x.dtype.bitwidth // 8)
+
+    return v(v, x, i), codegen
+
+
+@intrinsic
+def vbroadcast_like(typingctx, v, x, i):
+    """A vector of v's type with every lane equal to x[i]."""
+    if not isinstance(v, SimdVector) or not _float_array(x) or x.dtype != v.dtype:
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[1], args[1],
+                               context.cast(builder, args[2], sig.args[2], types.intp))
+        return _splat(context, builder, v, builder.load(ptr))
+
+    return v(v, x, i), codegen
+
+
 def _call_llvm_intrinsic(builder, name, vtype, operands):
     fnty = ir.FunctionType(vtype, [vtype] * len(operands))
     suffix = f"v{vtype.count}f{32 if isinstance(vtype.element, ir.FloatType) else 64}"

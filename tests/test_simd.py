@@ -1,0 +1,27 @@
+"""The half-width vector operations the GEMM's narrow tail kernel is written with."""
+
+import numpy as np
+import pytest
+
+from tinyvae._backend.numba_flags import njit
+from tinyvae._backend.simd import VECTOR_BYTES, vbroadcast_like, vfma, vload_like, vstore, vzero_half
+
+
+@njit
+def _half_fma_into(x, i, a, j, out, o):
+    """out[o : o + W] = a[j] * x[i : i + W] + 0 with half-width vectors (W their lanes)."""
+    z = vzero_half(out)
+    vstore(out, o, vfma(vbroadcast_like(z, a, j), vload_like(z, x, i), z))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_half_vectors_are_half_a_register_and_touch_only_their_lanes(dtype):
+    half = VECTOR_BYTES // np.dtype(dtype).itemsize // 2
+    x = np.arange(1, 3 * half + 2, dtype=dtype)
+    a = np.array([0.5, -2.0, 3.0], dtype)
+    out = np.full(3 * half, np.nan, dtype)
+    # odd offsets: the loads and the store are unaligned
+    _half_fma_into(x, 3, a, 1, out, 1)
+    expected = np.full(3 * half, np.nan, dtype)
+    expected[1:1 + half] = -2.0 * x[3:3 + half]
+    np.testing.assert_array_equal(out, expected)
