@@ -79,10 +79,20 @@ def _element_pointer(context, builder, arrtype, arr, index):
     return builder.gep(data, [index])
 
 
+def _pointer_at(context, builder, arrtype, arr, itype, i):
+    """Pointer to element i (of integer type itype) of the 1-D array arr."""
+    return _element_pointer(context, builder, arrtype, arr, context.cast(builder, i, itype, types.intp))
+
+
 def _indexed_pointer(context, builder, sig, args):
     """Pointer to element args[1] (any integer type) of the 1-D array args[0]."""
-    idx = context.cast(builder, args[1], sig.args[1], types.intp)
-    return _element_pointer(context, builder, sig.args[0], args[0], idx)
+    return _pointer_at(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+
+
+def _load_vector(context, builder, vt, ptr, dtype):
+    """The vector of type vt starting at ptr (unaligned load)."""
+    lt = context.get_value_type(vt)
+    return builder.load(_vector_pointer(builder, ptr, lt), align=dtype.bitwidth // 8)
 
 
 def _vector_pointer(builder, ptr, vtype):
@@ -110,9 +120,7 @@ def vload(typingctx, x, i):
     vt = _vector_of(x)
 
     def codegen(context, builder, sig, args):
-        ptr = _indexed_pointer(context, builder, sig, args)
-        lt = context.get_value_type(vt)
-        return builder.load(_vector_pointer(builder, ptr, lt), align=x.dtype.bitwidth // 8)
+        return _load_vector(context, builder, vt, _indexed_pointer(context, builder, sig, args), x.dtype)
 
     return vt(x, i), codegen
 
@@ -223,33 +231,28 @@ def vzero_half(typingctx, x):
     return vt(x), codegen
 
 
-@intrinsic
-def vload_like(typingctx, v, x, i):
-    """x[i : i + lanes of v] as a vector of v's type (unaligned load)."""
-    if not isinstance(v, SimdVector) or not _float_array(x) or x.dtype != v.dtype:
-        return None
+def _vector_like(name, doc, make):
+    """An intrinsic name(v, x, i): make(context, builder, v's type, pointer to x[i], dtype)."""
+    def like(typingctx, v, x, i):
+        if not isinstance(v, SimdVector) or not _float_array(x) or x.dtype != v.dtype:
+            return None
 
-    def codegen(context, builder, sig, args):
-        ptr = _element_pointer(context, builder, sig.args[1], args[1],
-                               context.cast(builder, args[2], sig.args[2], types.intp))
-        lt = context.get_value_type(v)
-        return builder.load(_vector_pointer(builder, ptr, lt), align=x.dtype.bitwidth // 8)
+        def codegen(context, builder, sig, args):
+            ptr = _pointer_at(context, builder, sig.args[1], args[1], sig.args[2], args[2])
+            return make(context, builder, v, ptr, x.dtype)
 
-    return v(v, x, i), codegen
+        return v(v, x, i), codegen
+
+    like.__name__ = like.__qualname__ = name
+    like.__doc__ = doc
+    return intrinsic(like)
 
 
-@intrinsic
-def vbroadcast_like(typingctx, v, x, i):
-    """A vector of v's type with every lane equal to x[i]."""
-    if not isinstance(v, SimdVector) or not _float_array(x) or x.dtype != v.dtype:
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr = _element_pointer(context, builder, sig.args[1], args[1],
-                               context.cast(builder, args[2], sig.args[2], types.intp))
-        return _splat(context, builder, v, builder.load(ptr))
-
-    return v(v, x, i), codegen
+vload_like = _vector_like("vload_like", "x[i : i + lanes of v] as a vector of v's type (unaligned load).",
+                          _load_vector)
+vbroadcast_like = _vector_like(
+    "vbroadcast_like", "A vector of v's type with every lane equal to x[i].",
+    lambda context, builder, vt, ptr, dtype: _splat(context, builder, vt, builder.load(ptr)))
 
 
 def _call_llvm_intrinsic(builder, name, vtype, operands):
