@@ -30,6 +30,7 @@ step's cache, and walks the caches back in reverse. The VAE objective per batch:
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -239,21 +240,27 @@ class _BaseModel:
             dh, grads[f"dec{i}.W"], grads[f"dec{i}.b"] = layers.dense_backward(dh, caches[i - 1])
         return dh
 
+    def _broadcast_decoder_weights(self):
+        """(first, hidden, out) as layers.pixel_decoder_forward takes them."""
+        p, K = self.params, len(self.decoder_hidden)
+        return ((p["dec1.W"], p["dec1.Wxy"], p["dec1.b"]),
+                [(p[f"dec{i}.W"], p[f"dec{i}.b"]) for i in range(2, K + 1)],
+                (p["out.W"], p["out.b"]))
+
     def _broadcast_decoder_forward(self, z):
         """The spatial broadcast decoder: one small network per pixel, shared by all pixels.
 
         pixel p of image i = out(dec_K(... dec_2(act(z_i @ W + coords_p @ Wxy + b)))):
         layers.pixel_decoder_forward runs it (every (image, pixel) pair is a row).
         """
-        p, K = self.params, len(self.decoder_hidden)
-        out, cache = layers.pixel_decoder_forward(
-            z, self._coords, (p["dec1.W"], p["dec1.Wxy"], p["dec1.b"]),
-            [(p[f"dec{i}.W"], p[f"dec{i}.b"]) for i in range(2, K + 1)],
-            (p["out.W"], p["out.b"]), self.activation, self.leaky_slope)
-        return out, cache
+        return layers.pixel_decoder_forward(z, self._coords, *self._broadcast_decoder_weights(),
+                                            self.activation, self.leaky_slope)
 
     def _broadcast_decoder_backward(self, dout, cache, grads):
-        dz, first, hidden, out = layers.pixel_decoder_backward(dout, cache)
+        if isinstance(cache, _DecoderGradients):   # the backward already ran, fused
+            dz, first, hidden, out = cache.grads
+        else:
+            dz, first, hidden, out = layers.pixel_decoder_backward(dout, cache)
         grads["dec1.W"], grads["dec1.Wxy"], grads["dec1.b"] = first
         for i, (dW, db) in enumerate(hidden, start=2):
             grads[f"dec{i}.W"], grads[f"dec{i}.b"] = dW, db
@@ -277,6 +284,25 @@ class _BaseModel:
             return nll, dout, {"obs.logvar": dlogvar.astype(self.dtype)}
         nll, dout = losses.gaussian_nll_rows(out, target, self.obs_std, grad_scale)
         return nll, dout, {}
+
+    def _decode_and_reconstruct(self, z, target, grad_scale, need_grads):
+        """Decoder forward and reconstruction term: out = decoder(z), nll_i = -log p(target_i
+        | out_i), dout = grad_scale * d nll_i / d out_i.
+
+        Returns nll (n,), dout (n, D), extra gradients (see _reconstruction) and the
+        decoder caches for _decoder_backward. A broadcast decoder with a Bernoulli
+        likelihood runs all three and the decoder's backward in one call
+        (losses.pixel_decoder_bernoulli_nll) when gradients are wanted: its "caches" are
+        then the decoder's gradients, which _decoder_backward hands on.
+        """
+        if need_grads and self.decoder == "broadcast" and self.likelihood == "bernoulli":
+            nll, dout, grads = losses.pixel_decoder_bernoulli_nll(
+                z, self._coords, *self._broadcast_decoder_weights(), target, grad_scale,
+                self.activation, self.leaky_slope)
+            return nll, dout, {}, _DecoderGradients(grads)
+        out, caches = self._decoder_forward(z)
+        nll, dout, extra = self._reconstruction(out, target, grad_scale)
+        return nll, dout, extra, caches
 
     def _mean_from_output(self, out):
         return layers.sigmoid_forward(out)[0] if self.likelihood == "bernoulli" else out
@@ -373,6 +399,13 @@ class _BaseModel:
         return io.save(self, path)
 
 
+class _DecoderGradients(NamedTuple):
+    """The decoder's gradients (dz, first, hidden, out), from a forward that ran its
+    backward too (_decode_and_reconstruct), where _decoder_backward expects caches."""
+
+    grads: tuple
+
+
 def _empty_history():
     return {"epoch": [], "step": [], "loss": [], "recon": [], "kl": [], "kl_per_latent": []}
 
@@ -413,8 +446,8 @@ class Autoencoder(_BaseModel):
     def _loss(self, x, target, eps, compute_grads):
         n = x.shape[0]
         z, enc_caches, code_cache = self._encode_batch(x)
-        out, dec_caches = self._decoder_forward(z)
-        nll, dout, extra = self._reconstruction(out, target, 1.0 / n)
+        nll, dout, extra, dec_caches = self._decode_and_reconstruct(z, target, 1.0 / n,
+                                                                    compute_grads)
         recon = float(nll.mean())
         self.last_loss_parts_ = {"loss": recon, "recon": recon, "kl": 0.0,
                                  "kl_per_latent": np.zeros(self.latent_dim)}
@@ -516,10 +549,11 @@ class VAE(_BaseModel):
         # Burgess et al. 2018: gamma |KL - C|; its subgradient is gamma sign(KL - C)
         return self.gamma * abs(kl - c), self.gamma * np.sign(kl - c) / n
 
-    def _forward(self, x, target, eps):
+    def _forward(self, x, target, eps, need_grads):
         """Forward steps 1-3 and the reconstruction term, which every VAE-family loss shares.
 
-        x, target (n, input); eps (n, latent) or None (drawn from the model's generator).
+        x, target (n, input); eps (n, latent) or None (drawn from the model's generator);
+        need_grads: the backward will follow (see _decode_and_reconstruct).
         Returns a namespace: mu, logvar, eps, z, sigma, kl (n, latent); nll (n,) and
         dout = (1/n) d nll / d out (n, input); extra (learned-variance gradients);
         enc_caches, head_cache, dec_caches for the backward.
@@ -528,8 +562,8 @@ class VAE(_BaseModel):
         if eps is None:
             eps = self._rng.standard_normal(mu.shape, dtype=self.dtype)
         z, sigma, kl = losses.reparam_kl_forward(mu, logvar, eps)
-        out, dec_caches = self._decoder_forward(z)
-        nll, dout, extra = self._reconstruction(out, target, 1.0 / x.shape[0])
+        nll, dout, extra, dec_caches = self._decode_and_reconstruct(z, target, 1.0 / x.shape[0],
+                                                                    need_grads)
         return SimpleNamespace(mu=mu, logvar=logvar, eps=eps, z=z, sigma=sigma, kl=kl, nll=nll,
                                dout=dout, extra=extra, enc_caches=enc_caches,
                                head_cache=head_cache, dec_caches=dec_caches)
@@ -554,7 +588,7 @@ class VAE(_BaseModel):
              encoder backward of dh; every dW, db on the way          _encode_backward
         """
         n = x.shape[0]
-        f = self._forward(x, target, eps)
+        f = self._forward(x, target, eps, compute_grads)
         mu, eps, sigma = f.mu, f.eps, f.sigma
         recon, dout, extra = float(f.nll.mean()), f.dout, f.extra
         kl_per_latent = f.kl.mean(axis=0)
@@ -686,7 +720,7 @@ class BetaTCVAE(VAE):
           1. heads and encoder backward                              _encode_backward
         """
         n = x.shape[0]
-        f = self._forward(x, target, eps)
+        f = self._forward(x, target, eps, compute_grads)
         mu, eps, sigma = f.mu, f.eps, f.sigma
         recon, dout, extra = float(f.nll.mean()), f.dout, f.extra
         w = self.penalty_weight()

@@ -203,24 +203,29 @@ def activation_bias_grad_into(dy, y, act, alpha, da, db):
 
 
 @njit
-def bernoulli_rows(logits, x, grad_scale, nll, dlogits, r0, r1, progress):
-    """For rows r0 <= i < r1: nll[i] = sum_j softplus(l_ij) - x_ij l_ij and
-    dlogits[i] = grad_scale (sigmoid(l_i) - x_i). Each row is summed in order on one
-    thread, so splitting rows over threads leaves the bits unchanged."""
-    part_started(progress)
+def bernoulli_row(logits, x, grad_scale, dlogits):
+    """One row's sum_j softplus(l_j) - x_j l_j (returned) and dlogits = grad_scale
+    (sigmoid(l) - x); all 1-D. The row is summed on one thread, in one call."""
     zero = scalar_like(logits, 0)
     one = scalar_like(logits, 1)
-    d = logits.shape[1]
+    total = zero
+    for j in range(logits.size):
+        v = logits[j]
+        t = x[j]
+        e = exp_nonpositive(-abs(v))
+        # softplus(v) - t v: the BCE of sigmoid(v) against t, with no log(0)
+        total += _positive_part(v, zero) + log1p_unit(e) - t * v
+        dlogits[j] = grad_scale * (_sigmoid_from(v, e, one) - t)
+    return total
+
+
+@njit
+def bernoulli_rows(logits, x, grad_scale, nll, dlogits, r0, r1, progress):
+    """For rows r0 <= i < r1 of (n, d) arrays: nll[i] and dlogits[i] by bernoulli_row.
+    Splitting rows over threads leaves the bits unchanged."""
+    part_started(progress)
     for i in range(r0, r1):
-        total = zero
-        for j in range(d):
-            v = logits[i, j]
-            t = x[i, j]
-            e = exp_nonpositive(-abs(v))
-            # softplus(v) - t v: the BCE of sigmoid(v) against t, with no log(0)
-            total += _positive_part(v, zero) + log1p_unit(e) - t * v
-            dlogits[i, j] = grad_scale * (_sigmoid_from(v, e, one) - t)
-        nll[i] = total
+        nll[i] = bernoulli_row(logits[i], x[i], grad_scale, dlogits[i])
     part_done(progress)
 
 

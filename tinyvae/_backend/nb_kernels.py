@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,7 +26,6 @@ from tinyvae._backend import fused as _fused
 from tinyvae._backend import pixel_net as _pixel_net
 from tinyvae._backend import tc as _tc
 from tinyvae._backend import updates as _updates
-from tinyvae._backend import workspace
 from tinyvae._backend.gemm import gemm, gemm_into
 from tinyvae._backend.simd import VECTOR_BYTES
 from tinyvae._backend.threads import num_threads, run_parts, split
@@ -36,7 +36,7 @@ __all__ = [
     "gemm", "dense_forward", "activate", "activation_backward", "activation_bias_backward",
     "bernoulli_nll_logits", "reparam_kl_forward", "reparam_kl_backward",
     "adam_update", "sgd_update", "adagrad_update", "tc_terms_forward", "tc_terms_backward",
-    "pixel_decoder_forward", "pixel_decoder_backward",
+    "pixel_decoder_forward", "pixel_decoder_backward", "pixel_decoder_bernoulli_nll",
 ]
 
 
@@ -233,12 +233,28 @@ def _image_sum(per_image, padded_shape, shape):
     return np.ascontiguousarray(total[tuple(slice(0, s) for s in shape)])
 
 
-def pixel_decoder_forward(z, coords, first, hidden, out, act_code, alpha):
-    """(logits (n, P), cache) of the spatial broadcast decoder; see _backend.pixel_net.
+class _PixelNetwork(NamedTuple):
+    """The decoder's arrays as the kernels take them (see _backend.pixel_net's layout):
+    widths padded to whole blocks of 2 vectors, pixel rows to whole register tiles."""
 
-    z (n, d), coords (P, 2), first = (Wz (d, h_1), Wxy (2, h_1), b (h_1,)),
-    hidden = [(W (h_l, h_(l+1)), b), ...], out = (W (h_K, 1), b (1,)).
-    """
+    zW: np.ndarray        # (n H_1) = z @ Wz
+    cwb: np.ndarray       # (Pp H_1) = coords @ Wxy + b
+    Ws: tuple             # the dense layers' weights (H_l H_(l+1)) ...
+    bs: tuple             # ... their biases
+    WTs: tuple            # ... and their weights transposed
+    w_out: np.ndarray     # (H_K,)
+    b_out: np.floating
+    coords: np.ndarray    # (P 2)
+    dims: np.ndarray      # the padded widths H_1 .. H_K
+    real: list            # the widths
+    shapes: list          # (H_l, H_(l+1)) of the dense layers, padded
+    P: int                # pixels
+    Pp: int               # pixels padded
+    parts: int            # threads for the n images
+
+
+def _pixel_network(z, coords, first, hidden, out):
+    """_PixelNetwork of the decoder (first, hidden, out) at latents z (n, d), coords (P, 2)."""
     dtype = z.dtype
     n, P = z.shape[0], coords.shape[0]
     block = 2 * VECTOR_BYTES // dtype.itemsize
@@ -247,48 +263,89 @@ def pixel_decoder_forward(z, coords, first, hidden, out, act_code, alpha):
     Pp = -(-P // _pixel_net.TILE_ROWS) * _pixel_net.TILE_ROWS
     Wz, Wxy, b = first
     coords = _flat(coords.astype(dtype, copy=False))
-    zW = _padded(gemm(np.ascontiguousarray(z), np.ascontiguousarray(Wz), False, False, None),
-                 (n, dims[0]))
-    cwb = _padded(coords.reshape(P, 2) @ Wxy + b, (Pp, dims[0]))
     shapes = list(zip(dims[:-1], dims[1:], strict=True))
     # a dummy entry keeps the tuples non-empty (typed) for a decoder with one hidden layer
-    Ws = tuple(_padded(W, s) for (W, _), s in zip(hidden, shapes, strict=True)) or (zW,)
-    bs = tuple(_padded(bh, (s[1],)) for (_, bh), s in zip(hidden, shapes, strict=True)) or (zW,)
-    w_out = _padded(out[0][:, 0], (dims[-1],))
-    # every layer of every (image, pixel) row, kept for the backward: reused memory
-    hs = tuple(workspace.empty(n * Pp * h, dtype) for h in dims)
-    logits = np.empty(n * P, dtype)
-    args = (zW, cwb, Ws, bs, w_out, dtype.type(out[1][0]), hs, logits, dims, P, Pp, act_code,
-            dtype.type(alpha))
-    parts = _chunks(n * Pp * int(dims.sum()), _fused.PARALLEL_MIN_SIZE)
-    _run_ranges(_pixel_net.forward_images, args, n, parts)
-    cache = (z, coords, first, hidden, real, dims, shapes, Pp, parts, hs, w_out, act_code, alpha)
-    return logits.reshape(n, P), cache
+    dummy = (np.zeros(1, dtype),)
+    return _PixelNetwork(
+        zW=_padded(gemm(np.ascontiguousarray(z), np.ascontiguousarray(Wz), False, False, None),
+                   (n, dims[0])),
+        cwb=_padded(coords.reshape(P, 2) @ Wxy + b, (Pp, dims[0])),
+        Ws=tuple(_padded(W, s) for (W, _), s in zip(hidden, shapes, strict=True)) or dummy,
+        bs=tuple(_padded(bh, (s[1],)) for (_, bh), s in zip(hidden, shapes, strict=True)) or dummy,
+        WTs=tuple(_padded(W.T, s[::-1]) for (W, _), s in zip(hidden, shapes, strict=True)) or dummy,
+        w_out=_padded(out[0][:, 0], (dims[-1],)), b_out=dtype.type(out[1][0]), coords=coords,
+        dims=dims, real=real, shapes=shapes, P=P, Pp=Pp,
+        parts=_chunks(n * Pp * int(dims.sum()), _fused.PARALLEL_MIN_SIZE))
 
 
-def pixel_decoder_backward(dlogits, cache):
-    """(dz, (dWz, dWxy, db), [(dW, db), ...], (dW_out, db_out)) from dlogits (n, P)."""
-    z, coords, first, hidden, real, dims, shapes, Pp, parts, hs, w_out, act_code, alpha = cache
-    dtype = z.dtype
-    n, P = dlogits.shape
-    dlogits = _flat(dlogits.astype(dtype, copy=False))
-    WTs = tuple(_padded(W.T, s[::-1]) for (W, _), s in zip(hidden, shapes, strict=True)) or (w_out,)
-    dWs = tuple(np.empty(n * K * N, dtype) for K, N in shapes) or (w_out,)
-    dbs = tuple(np.empty(n * N, dtype) for _, N in shapes) or (w_out,)
-    dw_out = np.empty(n * dims[-1], dtype)
-    g, gxy = np.empty(n * dims[0], dtype), np.empty(n * 2 * dims[0], dtype)
-    args = (dlogits, coords, hs, WTs, w_out, dims, P, Pp, act_code, dtype.type(alpha), dWs, dbs,
-            dw_out, g, gxy)
-    _run_ranges(_pixel_net.backward_images, args, n, parts)
-    # per-image gradients, summed over images in image order (the same on any thread count)
+def _pixel_gradient_arrays(n, net, dtype):
+    """Per-image gradient arrays the backward kernels write: dWs, dbs, dw_out, g, gxy."""
+    dims, shapes = net.dims, net.shapes
+    return (tuple(np.empty(n * K * N, dtype) for K, N in shapes) or (net.w_out,),
+            tuple(np.empty(n * N, dtype) for _, N in shapes) or (net.w_out,),
+            np.empty(n * dims[-1], dtype), np.empty(n * dims[0], dtype),
+            np.empty(n * 2 * dims[0], dtype))
+
+
+def _pixel_gradients(z, Wz, dlogits, net, dWs, dbs, dw_out, g, gxy):
+    """(dz, (dWz, dWxy, db), [(dW, db), ...], (dW_out, db_out)) from the per-image arrays,
+    summed over images in image order (the same on any thread count)."""
+    n, P, dims, real = z.shape[0], net.P, net.dims, net.real
     g = np.ascontiguousarray(g.reshape(n, dims[0])[:, :real[0]])
     first_grads = (gemm(np.ascontiguousarray(z), g, True, False, None),
                    _image_sum(gxy, (n, 2, dims[0]), (2, real[0])), g.sum(axis=0))
     hidden_grads = [(_image_sum(dW, (n, K, N), (k, m)), _image_sum(db, (n, N), (m,)))
                     # strict=False: with no dense layer dWs and dbs hold one dummy entry
-                    for dW, db, (K, N), k, m in zip(dWs, dbs, shapes, real[:-1], real[1:],
+                    for dW, db, (K, N), k, m in zip(dWs, dbs, net.shapes, real[:-1], real[1:],
                                                     strict=False)]
     out_grads = (_image_sum(dw_out, (n, dims[-1]), (real[-1],))[:, None],
                  dlogits.reshape(n, P).sum(axis=1).sum(keepdims=True))
-    dz = gemm(g, np.ascontiguousarray(first[0]), False, True, None)
+    dz = gemm(g, np.ascontiguousarray(Wz), False, True, None)
     return dz, first_grads, hidden_grads, out_grads
+
+
+def pixel_decoder_forward(z, coords, first, hidden, out, act_code, alpha):
+    """(logits (n, P), cache) of the spatial broadcast decoder; see _backend.pixel_net.
+
+    z (n, d), coords (P, 2), first = (Wz (d, h_1), Wxy (2, h_1), b (h_1,)),
+    hidden = [(W (h_l, h_(l+1)), b), ...], out = (W (h_K, 1), b (1,)). The cache keeps
+    the network's arrays, not its layers: the backward computes those again.
+    """
+    n = z.shape[0]
+    net = _pixel_network(z, coords, first, hidden, out)
+    logits = np.empty(n * net.P, z.dtype)
+    args = (net.zW, net.cwb, net.Ws, net.bs, net.w_out, net.b_out, logits,
+            net.dims, net.P, net.Pp, act_code, z.dtype.type(alpha))
+    _run_ranges(_pixel_net.forward_images, args, n, net.parts)
+    return logits.reshape(n, net.P), (z, first[0], net, act_code, alpha)
+
+
+def pixel_decoder_backward(dlogits, cache):
+    """(dz, (dWz, dWxy, db), [(dW, db), ...], (dW_out, db_out)) from dlogits (n, P)."""
+    z, Wz, net, act_code, alpha = cache
+    dtype = z.dtype
+    n = z.shape[0]
+    dlogits = _flat(dlogits.astype(dtype, copy=False))
+    grads = _pixel_gradient_arrays(n, net, dtype)
+    args = (net.zW, net.cwb, net.Ws, net.bs, dlogits, net.coords, net.WTs,
+            net.w_out, net.dims, net.P, net.Pp, act_code, dtype.type(alpha), *grads)
+    _run_ranges(_pixel_net.backward_images, args, n, net.parts)
+    return _pixel_gradients(z, Wz, dlogits, net, *grads)
+
+
+def pixel_decoder_bernoulli_nll(z, coords, first, hidden, out, x, grad_scale, act_code, alpha):
+    """(nll (n,), dlogits (n, P), gradients as pixel_decoder_backward returns them): the
+    decoder's forward, the Bernoulli NLL of x (n, P) and the backward, image by image
+    (_backend.pixel_net.train_images)."""
+    dtype = z.dtype
+    n = z.shape[0]
+    net = _pixel_network(z, coords, first, hidden, out)
+    x = _flat(np.asarray(x, dtype=dtype))
+    nll = np.empty(n, dtype)
+    logits, dlogits = np.empty(n * net.P, dtype), np.empty(n * net.P, dtype)
+    grads = _pixel_gradient_arrays(n, net, dtype)
+    args = (net.zW, net.cwb, net.Ws, net.bs, net.w_out, net.b_out, x,
+            dtype.type(grad_scale), net.coords, net.WTs, net.dims, net.P, net.Pp,
+            act_code, dtype.type(alpha), nll, logits, dlogits, *grads)
+    _run_ranges(_pixel_net.train_images, args, n, net.parts)
+    return nll, dlogits.reshape(n, net.P), _pixel_gradients(z, first[0], dlogits, net, *grads)
