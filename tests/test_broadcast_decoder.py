@@ -367,3 +367,39 @@ def test_output_layer_blocks_give_each_pixel_the_bits_of_its_own_dot(dtype):
                          for i in range(n) for p in range(P)], dtype)
         np.testing.assert_array_equal(got.view(f"u{np.dtype(dtype).itemsize}"),
                                       want.view(f"u{np.dtype(dtype).itemsize}"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tile_finishes_give_the_bits_of_their_separate_passes(dtype):
+    """tile_products applies the ReLU (THEN_RELU) or multiplies by its slope
+    (TIMES_RELU_SLOPE) on its registers; each must give exactly the product stored as it
+    is and then run through the separate pass (fused.apply_activation,
+    fused.activation_grad_into), including results at 0 and -0."""
+    from tinyvae._backend import fused, pixel_net
+    from tinyvae._backend.simd import VECTOR_BYTES
+
+    L = VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(4)
+    M, K, N = 12, 5, 4 * L
+    A = rng.standard_normal(M * K).astype(dtype)
+    A[:K] = 0                                   # a row of zeros: results equal to the bias
+    B = rng.standard_normal(K * N).astype(dtype)
+    bias = rng.standard_normal(N).astype(dtype)
+    bias[:3] = [0.0, -0.0, 1.0]
+    gate = np.maximum(rng.standard_normal(M * N), 0).astype(dtype)    # a ReLU's output
+
+    def product(finish, g):
+        C = np.empty(M * N, dtype)
+        pixel_net.tile_products(A, 0, K, 1, B, 0, N, K, C, 0, N, M, N, bias, False, finish, g)
+        return C
+
+    relu = fused.ACTIVATION_CODES["relu"]
+    as_is = product(pixel_net.AS_IS, gate)
+    want = as_is.copy()
+    fused.apply_activation(want, relu, dtype(0))
+    got = product(pixel_net.THEN_RELU, gate)
+    np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{got.itemsize}"))
+    want = np.empty_like(as_is)
+    fused.activation_grad_into(as_is, gate, relu, dtype(0), want)
+    got = product(pixel_net.TIMES_RELU_SLOPE, gate)
+    np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{got.itemsize}"))

@@ -204,6 +204,24 @@ def test_fused_kernel_matches_reference(dtype, B, d, strided):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max() + 1e-30)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_max_is_the_max_on_awkward_lengths(dtype):
+    """tc._max_of (explicit vectors, then the lanes, then a scalar tail) against np.max:
+    lengths below, at and past a vector, rows of a 2-D array (views)."""
+    from tinyvae._backend import tc
+    from tinyvae._backend.simd import VECTOR_BYTES
+
+    L = VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(2)
+    scratch = np.empty(L, dtype)
+    for n in (1, 2, L - 1, L, L + 1, 2 * L, 3 * L + 5, 257):
+        rows = rng.standard_normal((3, n)).astype(dtype) - 50
+        for row in rows:
+            assert tc._max_of(row, scratch) == row.max()
+        rows[1, -1] = 7.0                        # the max in the scalar tail, or the last lane
+        assert tc._max_of(rows[1], scratch) == dtype(7.0)
+
+
 def test_fused_kernel_is_the_same_on_any_thread_count():
     rng = np.random.default_rng(5)
     z, mu, logvar = posteriors(rng, 300, 10, np.float32)     # large enough to be split

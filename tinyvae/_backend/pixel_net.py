@@ -41,7 +41,7 @@ from tinyvae._backend.fused import (
     relu_lanes,
     slope_lanes,
 )
-from tinyvae._backend.numba_flags import njit
+from tinyvae._backend.numba_flags import njit, njit_inline
 from tinyvae._backend.simd import (
     lanes,
     transpose_block,
@@ -61,17 +61,45 @@ TILE_ROWS = 4
 GRAD_BLOCK_ROWS = 32
 
 
+#: what tile_products does to each result before it stores it: nothing, the ReLU, or
+#: multiply by the ReLU's slope read through the layer it was applied to (its backward)
+AS_IS, THEN_RELU, TIMES_RELU_SLOPE = 0, 1, 2
+
+
+@njit_inline
+def _finish(acc, finish, gate, at, zeros, ones):
+    """acc as tile_products stores it at C[at] (see AS_IS ..); gate is read at the same
+    place as C. The selects are fused.relu_lanes / slope_lanes: the bits of a separate
+    ReLU pass (fused.apply_activation) or of its gradient (fused.activation_grad_into)."""
+    if finish == THEN_RELU:
+        return relu_lanes(acc, zeros)
+    if finish == TIMES_RELU_SLOPE:
+        return acc * slope_lanes(vload(gate, at), zeros, ones, zeros)
+    return acc
+
+
+@njit_inline
+def _store_row(C, at, acc0, acc1, finish, gate, zeros, ones):
+    """One row of a register tile, two vectors, finished (_finish), into C[at:]."""
+    vstore(C, at, _finish(acc0, finish, gate, at, zeros, ones))
+    vstore(C, at + lanes(C), _finish(acc1, finish, gate, at + lanes(C), zeros, ones))
+
+
 @njit
 def tile_products(A, a_off, a_rs, a_ts, B, b_off, b_ts, T, C, c_off, c_rs, M, N, bias,
-                  accumulate):
-    """C[m, c] = init + sum_t A[a_off + m a_rs + t a_ts] B[b_off + t b_ts + c], m < M, c < N.
+                  accumulate, finish, gate):
+    """C[m, c] = finish(init + sum_t A[a_off + m a_rs + t a_ts] B[b_off + t b_ts + c]),
+    m < M, c < N.
 
-    init is C[m, c] itself (accumulate) or bias[c]. A GEMM on flat arrays with
-    arbitrary strides for A, so one register tile (4 rows x 2 vectors, 8 FMAs per t)
-    serves x @ W (a_rs = row stride, a_ts = 1), d @ W.T (the same with W.T) and
-    x.T @ d (a_rs = 1, a_ts = row stride). M is a multiple of 4, N of 2 lanes.
+    init is C[m, c] itself (accumulate) or bias[c]; finish one of AS_IS, THEN_RELU,
+    TIMES_RELU_SLOPE (gate laid out as C; pass C itself when unused), applied to the
+    registers before they are stored, instead of in a pass of its own over C. A GEMM on
+    flat arrays with arbitrary strides for A, so one register tile (4 rows x 2 vectors, 8
+    FMAs per t) serves x @ W (a_rs = row stride, a_ts = 1), d @ W.T (the same with W.T)
+    and x.T @ d (a_rs = 1, a_ts = row stride). M is a multiple of 4, N of 2 lanes.
     """
     L = lanes(C)
+    zeros, ones = vsplat(C, 0), vsplat(C, 1)
     for m in range(0, M, TILE_ROWS):
         for c in range(0, N, 2 * L):
             c0 = c_off + m * c_rs + c
@@ -98,14 +126,10 @@ def tile_products(A, a_off, a_rs, a_ts, B, b_off, b_ts, T, C, c_off, c_rs, M, N,
                 acc20, acc21 = vfma(x, b0, acc20), vfma(x, b1, acc21)
                 x = vbroadcast(A, ap + 3 * a_rs)
                 acc30, acc31 = vfma(x, b0, acc30), vfma(x, b1, acc31)
-            vstore(C, c0, acc00)
-            vstore(C, c0 + L, acc01)
-            vstore(C, c0 + c_rs, acc10)
-            vstore(C, c0 + c_rs + L, acc11)
-            vstore(C, c0 + 2 * c_rs, acc20)
-            vstore(C, c0 + 2 * c_rs + L, acc21)
-            vstore(C, c0 + 3 * c_rs, acc30)
-            vstore(C, c0 + 3 * c_rs + L, acc31)
+            _store_row(C, c0, acc00, acc01, finish, gate, zeros, ones)
+            _store_row(C, c0 + c_rs, acc10, acc11, finish, gate, zeros, ones)
+            _store_row(C, c0 + 2 * c_rs, acc20, acc21, finish, gate, zeros, ones)
+            _store_row(C, c0 + 3 * c_rs, acc30, acc31, finish, gate, zeros, ones)
 
 
 @njit
@@ -190,9 +214,13 @@ def _hidden_layers(zW, cwb, Ws, bs, layers, i, dims, Pp, act, alpha):
     _first_layer(zW, cwb, layers[0], i, Pp, dims[0], act, alpha)
     for l in range(1, dims.size):
         K, N = dims[l - 1], dims[l]
-        tile_products(layers[l - 1], 0, K, 1, Ws[l - 1], 0, N, K, layers[l], 0, N, Pp, N,
-                      bs[l - 1], False)
-        apply_activation(layers[l][:Pp * N], act, alpha)
+        if act == RELU:   # the ReLU on the tile's registers, before they are stored
+            tile_products(layers[l - 1], 0, K, 1, Ws[l - 1], 0, N, K, layers[l], 0, N, Pp, N,
+                          bs[l - 1], False, THEN_RELU, layers[l])
+        else:
+            tile_products(layers[l - 1], 0, K, 1, Ws[l - 1], 0, N, K, layers[l], 0, N, Pp, N,
+                          bs[l - 1], False, AS_IS, layers[l])
+            apply_activation(layers[l][:Pp * N], act, alpha)
 
 
 @njit
@@ -265,7 +293,7 @@ def _weight_grad(h, h_off, K, d, N, Pp, dW, w_off, zeros):
     for r0 in range(0, Pp, GRAD_BLOCK_ROWS):
         rows = min(GRAD_BLOCK_ROWS, Pp - r0)
         tile_products(h, h_off + r0 * K, 1, K, d, r0 * N, N, rows, dW, w_off, N, K, N, zeros,
-                      r0 > 0)
+                      r0 > 0, AS_IS, dW)
 
 
 @njit
@@ -307,9 +335,13 @@ def _image_backward(dlogits, coords, layers, WTs, w_out, dims, P, Pp, act, alpha
         K, N = dims[l - 1], dims[l]
         _bias_grad(d, P, N, dbs[l - 1], i * N)
         _weight_grad(layers[l - 1], 0, K, d, N, Pp, dWs[l - 1], i * K * N, zeros)
-        tile_products(d, 0, N, 1, WTs[l - 1], 0, K, N, e, 0, K, Pp, K, zeros, False)
-        size = Pp * K
-        activation_grad_into(e[:size], layers[l - 1][:size], act, alpha, e[:size])
+        if act == RELU:   # times the ReLU's slope on the registers, before they are stored
+            tile_products(d, 0, N, 1, WTs[l - 1], 0, K, N, e, 0, K, Pp, K, zeros, False,
+                          TIMES_RELU_SLOPE, layers[l - 1])
+        else:
+            tile_products(d, 0, N, 1, WTs[l - 1], 0, K, N, e, 0, K, Pp, K, zeros, False, AS_IS, e)
+            size = Pp * K
+            activation_grad_into(e[:size], layers[l - 1][:size], act, alpha, e[:size])
         d, e = e, d
         l -= 1
     _first_layer_backward(d, coords, P, dims[0], i, g, gxy)

@@ -26,8 +26,32 @@ import math
 import numpy as np
 
 from tinyvae._backend.numba_flags import njit
-from tinyvae._backend.simd import exp_nonpositive, scalar_like
+from tinyvae._backend.simd import exp_nonpositive, lanes, scalar_like, vload, vmax, vstore
 from tinyvae._backend.threads import part_done, part_started
+
+
+@njit
+def _max_of(a, lane_max):
+    """max(a) of a 1-D array, lane_max scratch of one vector (a NaN in a makes the row's
+    sums NaN whatever the peak, so its handling does not matter). In explicit
+    vectors: without the "nnan" fast-math flag (left out, see numba_flags) LLVM keeps a
+    max reduction scalar, each compare waiting on the one before (the forward at B =
+    1,024 took 18.8 ms with it, 14.2 ms with this, one thread, Zen 4). A max is exact
+    in any order, so the bits stay."""
+    L = lanes(a)
+    peak = a[0]
+    j = 0
+    if a.size >= L:
+        m = vload(a, 0)
+        for j in range(L, a.size - L + 1, L):
+            m = vmax(m, vload(a, j))
+        vstore(lane_max, 0, m)
+        for q in range(L):
+            peak = max(peak, lane_max[q])
+        j = a.size - a.size % L
+    for q in range(j, a.size):
+        peak = max(peak, a[q])
+    return peak
 
 
 @njit
@@ -43,8 +67,8 @@ def tc_forward_rows(z, muT, ivT, cT, lw, joint, marginal, terms, lo, hi, progres
     B, d = z.shape
     half = scalar_like(z, 0.5)
     one = scalar_like(z, 1)
-    ninf = scalar_like(z, -np.inf)
     row = np.empty(B, z.dtype)
+    lane_max = np.empty(lanes(row), z.dtype)
     for i in range(lo, hi):
         own = scalar_like(z, 0)
         marginal_sum = scalar_like(z, 0)
@@ -53,14 +77,12 @@ def tc_forward_rows(z, muT, ivT, cT, lw, joint, marginal, terms, lo, hi, progres
         for k in range(d):
             zik = z[i, k]
             a = marginal[i, k]
-            peak = ninf
             for j in range(B):
                 diff = zik - muT[k, j]
                 L = cT[k, j] - half * diff * diff * ivT[k, j]
                 row[j] += L
                 a[j] = lw[i, j] + L
-            for j in range(B):      # its own loop: a max reduction would keep the one above scalar
-                peak = max(peak, a[j])
+            peak = _max_of(a, lane_max)
             total = scalar_like(z, 0)
             for j in range(B):
                 e = exp_nonpositive(a[j] - peak)
@@ -72,9 +94,7 @@ def tc_forward_rows(z, muT, ivT, cT, lw, joint, marginal, terms, lo, hi, progres
             marginal_sum += peak + math.log(total)
             diff = zik - muT[k, i]
             own += cT[k, i] - half * diff * diff * ivT[k, i]
-        peak = ninf
-        for j in range(B):
-            peak = max(peak, row[j])
+        peak = _max_of(row, lane_max)
         total = scalar_like(z, 0)
         for j in range(B):
             e = exp_nonpositive(row[j] - peak)
