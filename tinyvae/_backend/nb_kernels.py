@@ -192,26 +192,25 @@ def tc_terms_forward(z, mu, logvar, log_weights):
     const_t = -0.5 * (z.dtype.type(_LOG_2PI) + logvar_t)
     lw = np.ascontiguousarray(log_weights, dtype=z.dtype)
     joint = np.empty((B, B), z.dtype)
-    marginal = np.empty((B, d, B), z.dtype)
+    peaks, inv_totals = np.empty((B, d), z.dtype), np.empty((B, d), z.dtype)
     terms = np.empty((3, B), z.dtype)
-    _run_ranges(_tc.tc_forward_rows, (z, mu_t, inv_var_t, const_t, lw, joint, marginal, terms),
-                B, _chunks(B * B * d, _fused.PARALLEL_MIN_SIZE))
-    return terms, (z, mu_t, inv_var_t, joint, marginal)
+    _run_ranges(_tc.tc_forward_rows, (z, mu_t, inv_var_t, const_t, lw, joint, peaks, inv_totals,
+                                      terms), B, _chunks(B * B * d, _fused.PARALLEL_MIN_SIZE))
+    return terms, (z, mu_t, inv_var_t, const_t, lw, joint, peaks, inv_totals)
 
 
 def tc_terms_backward(g_own, g_joint, g_marginal, g_prior, cache):
     """(dz, dmu, dlogvar), each (B, d), given the upstream gradient of each term (B,)."""
-    z, mu_t, inv_var_t, joint, marginal = cache
+    z = cache[0]
     B, d = z.shape
     g_own, g_joint, g_marginal, g_prior = (np.ascontiguousarray(g, dtype=z.dtype)
                                            for g in (g_own, g_joint, g_marginal, g_prior))
     dz = np.empty((B, d), z.dtype)
     dmu_t, dlogvar_t = np.empty((d, B), z.dtype), np.empty((d, B), z.dtype)
     parts = _chunks(B * B * d, _fused.PARALLEL_MIN_SIZE)
-    _run_ranges(_tc.tc_dz_rows, (z, mu_t, inv_var_t, joint, marginal, g_own, g_joint,
-                                 g_marginal, g_prior, dz), B, parts)
-    _run_ranges(_tc.tc_posterior_columns, (z, mu_t, inv_var_t, joint, marginal, g_own, g_joint,
-                                           g_marginal, dmu_t, dlogvar_t), B, parts)
+    _run_ranges(_tc.tc_dz_rows, (*cache, g_own, g_joint, g_marginal, g_prior, dz), B, parts)
+    _run_ranges(_tc.tc_posterior_dims, (*cache, g_own, g_joint, g_marginal, dmu_t, dlogvar_t),
+                d, min(parts, d))
     return dz, np.ascontiguousarray(dmu_t.T), np.ascontiguousarray(dlogvar_t.T)
 
 

@@ -3,17 +3,24 @@
 The NumPy definition is :func:`tinyvae.losses.tc_terms_forward` / ``_backward``: it
 builds the whole (B, B, d) matrix L[i, j, k] = log q(z_ik | x_j) and three
 arrays like it. These kernels make one pass over the pairs (i, j) for the forward
-and two for the backward, and keep only the softmax weights the backward needs:
+and two for the backward, and keep what the backward needs of the softmaxes:
 
-    joint[i, j]        = softmax_j (lw_ij + sum_k L_ijk)     (B, B)
-    marginal[i, k, j]  = softmax_j (lw_ij + L_ijk)           (B, d, B)
+    joint[i, j]        = softmax_j (lw_ij + sum_k L_ijk)     (B, B), kept whole
+    marginal[i, k, j]  = softmax_j (lw_ij + L_ijk)           (B, d, B), kept as the
+                         shift peak[i, k] and 1 / sum inv_total[i, k] of each softmax
+
+and the backward computes each marginal weight again where it uses it
+(:func:`_marginal_weights`, the forward's own arithmetic). Kept whole, the marginal
+weights were 42 MB at B = 1,024, d = 10, written once and read twice a step (and a
+fresh mapping of memory each step, paid in page faults): computing them again is
+cheaper than the memory.
 
 The posterior parameters come in transposed, (d, B), so that every inner loop
 runs over j, the long contiguous axis, and vectorises (d is ~10, B ~256).
 Rows i are independent in the forward and in dz; dmu and dlogvar sum over i, so
-the backward walks the pairs twice, by rows i for dz and by columns j for the
-posterior gradients: each output has one writer, and results do not depend on
-the number of threads.
+the backward walks the pairs twice, by rows i for dz and by latent dimensions k
+for the posterior gradients: each output has one writer, and results do not
+depend on the number of threads.
 
 exp goes through :func:`tinyvae._backend.simd.exp_nonpositive` (its argument is a - max <= 0),
 which vectorises where a call to libm's exp does not.
@@ -55,19 +62,28 @@ def _max_of(a, lane_max):
 
 
 @njit
-def tc_forward_rows(z, muT, ivT, cT, lw, joint, marginal, terms, lo, hi, progress):
+def _log_density(zik, mu, iv, c, half):
+    """log q(z_ik | x_j) = c - (z_ik - mu)^2 iv / 2, with iv = e^-logvar_jk and
+    c = -(log 2 pi + logvar_jk) / 2."""
+    diff = zik - mu
+    return c - half * diff * diff * iv
+
+
+@njit
+def tc_forward_rows(z, muT, ivT, cT, lw, joint, peaks, inv_totals, terms, lo, hi, progress):
     """Rows lo..hi of the forward: the softmax weights and terms[:, i].
 
     z (B, d); muT, ivT = exp(-logvar).T, cT = -0.5 (log 2 pi + logvar).T (d, B);
     lw (B, B) log importance weights. L_ijk = cT_kj - 0.5 (z_ik - muT_kj)^2 ivT_kj.
-    Writes joint (B, B), marginal (B, d, B) and terms (3, B): log q(z_i|x_i),
-    log q(z_i), sum_k log q(z_ik).
+    Writes joint (B, B), the marginal softmaxes' peaks and inv_totals (B, d) and terms
+    (3, B): log q(z_i|x_i), log q(z_i), sum_k log q(z_ik).
     """
     part_started(progress)
     B, d = z.shape
     half = scalar_like(z, 0.5)
     one = scalar_like(z, 1)
     row = np.empty(B, z.dtype)
+    a = np.empty(B, z.dtype)
     lane_max = np.empty(lanes(row), z.dtype)
     for i in range(lo, hi):
         own = scalar_like(z, 0)
@@ -76,21 +92,16 @@ def tc_forward_rows(z, muT, ivT, cT, lw, joint, marginal, terms, lo, hi, progres
             row[j] = lw[i, j]
         for k in range(d):
             zik = z[i, k]
-            a = marginal[i, k]
             for j in range(B):
-                diff = zik - muT[k, j]
-                L = cT[k, j] - half * diff * diff * ivT[k, j]
+                L = _log_density(zik, muT[k, j], ivT[k, j], cT[k, j], half)
                 row[j] += L
                 a[j] = lw[i, j] + L
             peak = _max_of(a, lane_max)
             total = scalar_like(z, 0)
             for j in range(B):
-                e = exp_nonpositive(a[j] - peak)
-                a[j] = e
-                total += e
-            inv_total = one / total
-            for j in range(B):
-                a[j] *= inv_total
+                total += exp_nonpositive(a[j] - peak)
+            peaks[i, k] = peak
+            inv_totals[i, k] = one / total
             marginal_sum += peak + math.log(total)
             diff = zik - muT[k, i]
             own += cT[k, i] - half * diff * diff * ivT[k, i]
@@ -110,60 +121,64 @@ def tc_forward_rows(z, muT, ivT, cT, lw, joint, marginal, terms, lo, hi, progres
 
 
 @njit
-def tc_dz_rows(z, muT, ivT, joint, marginal, g_own, g_joint, g_marginal, g_prior, dz, lo, hi,
-               progress):
+def tc_dz_rows(z, muT, ivT, cT, lw, joint, peaks, inv_totals, g_own, g_joint, g_marginal,
+               g_prior, dz, lo, hi, progress):
     """dz for rows lo..hi: dz_ik = -sum_j G_ijk D_ijk - g_prior_i z_ik.
 
     G_ijk = g_own_i [i = j] + g_joint_i joint_ij + g_marginal_i marginal_ikj,
-    D_ijk = (z_ik - mu_jk) e^-logvar_jk.
+    D_ijk = (z_ik - mu_jk) e^-logvar_jk; the marginal weights computed again.
     """
     part_started(progress)
     B, d = z.shape
+    half = scalar_like(z, 0.5)
     for i in range(lo, hi):
         gj, gm = g_joint[i], g_marginal[i]
         for k in range(d):
             zik = z[i, k]
-            a = marginal[i, k]
+            peak, inv_total = peaks[i, k], inv_totals[i, k]
             acc = scalar_like(z, 0)
             for j in range(B):
-                acc += (gj * joint[i, j] + gm * a[j]) * (zik - muT[k, j]) * ivT[k, j]
+                a = lw[i, j] + _log_density(zik, muT[k, j], ivT[k, j], cT[k, j], half)
+                weight = exp_nonpositive(a - peak) * inv_total
+                acc += (gj * joint[i, j] + gm * weight) * (zik - muT[k, j]) * ivT[k, j]
             acc += g_own[i] * (zik - muT[k, i]) * ivT[k, i]
             dz[i, k] = -acc - g_prior[i] * zik
     part_done(progress)
 
 
 @njit
-def tc_posterior_columns(z, muT, ivT, joint, marginal, g_own, g_joint, g_marginal,
-                         dmuT, dlogvarT, lo, hi, progress):
-    """dmu, dlogvar (transposed, (d, B)) for posteriors j = lo..hi.
+def tc_posterior_dims(z, muT, ivT, cT, lw, joint, peaks, inv_totals, g_own, g_joint,
+                      g_marginal, dmuT, dlogvarT, lo, hi, progress):
+    """dmu, dlogvar (transposed, (d, B)) in latent dimensions k = lo..hi.
 
-    dmu_jk = sum_i G_ijk D_ijk,  dlogvar_jk = sum_i G_ijk 0.5 ((z_ik - mu_jk) D_ijk - 1).
+    dmu_jk = sum_i G_ijk D_ijk,  dlogvar_jk = sum_i G_ijk 0.5 ((z_ik - mu_jk) D_ijk - 1);
+    the marginal weights computed again. Threads split the dimensions k, not the
+    posteriors j: the inner loop then runs over all of j from 0, which the compiler
+    vectorises without taking a view of a row (a view of an array another thread
+    also takes views of writes to a reference count both threads share: split by
+    columns, two threads ran this pass no faster than one, B = 1,024, Zen 4).
     """
     part_started(progress)
-    B, d = z.shape
+    B = z.shape[0]
     half = scalar_like(z, 0.5)
-    for k in range(d):
-        for j in range(lo, hi):
+    one = scalar_like(z, 1)
+    for k in range(lo, hi):
+        for j in range(B):
             dmuT[k, j] = 0
             dlogvarT[k, j] = 0
-    one = scalar_like(z, 1)
-    n = hi - lo
     for i in range(B):
         gj, gm = g_joint[i], g_marginal[i]
-        weights = joint[i, lo:hi]
-        for k in range(d):
-            # views of the columns lo..hi, indexed from 0: with range(lo, hi) the index
-            # could be negative as far as the compiler knows, and the loop stays scalar
-            zik, a, m, iv = z[i, k], marginal[i, k, lo:hi], muT[k, lo:hi], ivT[k, lo:hi]
-            dm, dl = dmuT[k, lo:hi], dlogvarT[k, lo:hi]
-            for j in range(n):
-                G = gj * weights[j] + gm * a[j]
-                diff = zik - m[j]
-                D = diff * iv[j]
-                dm[j] += G * D
-                dl[j] += G * half * (diff * D - one)
-    for j in range(lo, hi):
-        for k in range(d):
+        for k in range(lo, hi):
+            zik, peak, inv_total = z[i, k], peaks[i, k], inv_totals[i, k]
+            for j in range(B):
+                a = lw[i, j] + _log_density(zik, muT[k, j], ivT[k, j], cT[k, j], half)
+                G = gj * joint[i, j] + gm * exp_nonpositive(a - peak) * inv_total
+                diff = zik - muT[k, j]
+                D = diff * ivT[k, j]
+                dmuT[k, j] += G * D
+                dlogvarT[k, j] += G * half * (diff * D - one)
+    for k in range(lo, hi):
+        for j in range(B):
             diff = z[j, k] - muT[k, j]
             D = diff * ivT[k, j]
             dmuT[k, j] += g_own[j] * D
