@@ -93,7 +93,9 @@ def tile_products(A, a_off, a_rs, a_ts, B, b_off, b_ts, T, C, c_off, c_rs, M, N,
 
     init is C[m, c] itself (accumulate) or bias[c]; finish one of AS_IS, THEN_RELU,
     TIMES_RELU_SLOPE (gate laid out as C; pass C itself when unused), applied to the
-    registers before they are stored, instead of in a pass of its own over C. A GEMM on
+    registers before they are stored, instead of in a pass of its own over C. Callers
+    pass accumulate and finish as runtime values (np.bool_, np.int64): a literal
+    argument would compile another copy of the kernel for each value (~0.9 s each). A GEMM on
     flat arrays with arbitrary strides for A, so one register tile (4 rows x 2 vectors, 8
     FMAs per t) serves x @ W (a_rs = row stride, a_ts = 1), d @ W.T (the same with W.T)
     and x.T @ d (a_rs = 1, a_ts = row stride). M is a multiple of 4, N of 2 lanes.
@@ -214,12 +216,11 @@ def _hidden_layers(zW, cwb, Ws, bs, layers, i, dims, Pp, act, alpha):
     _first_layer(zW, cwb, layers[0], i, Pp, dims[0], act, alpha)
     for l in range(1, dims.size):
         K, N = dims[l - 1], dims[l]
-        if act == RELU:   # the ReLU on the tile's registers, before they are stored
-            tile_products(layers[l - 1], 0, K, 1, Ws[l - 1], 0, N, K, layers[l], 0, N, Pp, N,
-                          bs[l - 1], False, THEN_RELU, layers[l])
-        else:
-            tile_products(layers[l - 1], 0, K, 1, Ws[l - 1], 0, N, K, layers[l], 0, N, Pp, N,
-                          bs[l - 1], False, AS_IS, layers[l])
+        # a ReLU goes on the tile's registers, before they are stored
+        finish = THEN_RELU if act == RELU else AS_IS
+        tile_products(layers[l - 1], 0, K, 1, Ws[l - 1], 0, N, K, layers[l], 0, N, Pp, N,
+                      bs[l - 1], np.bool_(False), finish, layers[l])
+        if act != RELU:
             apply_activation(layers[l][:Pp * N], act, alpha)
 
 
@@ -293,7 +294,7 @@ def _weight_grad(h, h_off, K, d, N, Pp, dW, w_off, zeros):
     for r0 in range(0, Pp, GRAD_BLOCK_ROWS):
         rows = min(GRAD_BLOCK_ROWS, Pp - r0)
         tile_products(h, h_off + r0 * K, 1, K, d, r0 * N, N, rows, dW, w_off, N, K, N, zeros,
-                      r0 > 0, AS_IS, dW)
+                      r0 > 0, np.int64(AS_IS), dW)
 
 
 @njit
@@ -335,11 +336,11 @@ def _image_backward(dlogits, coords, layers, WTs, w_out, dims, P, Pp, act, alpha
         K, N = dims[l - 1], dims[l]
         _bias_grad(d, P, N, dbs[l - 1], i * N)
         _weight_grad(layers[l - 1], 0, K, d, N, Pp, dWs[l - 1], i * K * N, zeros)
-        if act == RELU:   # times the ReLU's slope on the registers, before they are stored
-            tile_products(d, 0, N, 1, WTs[l - 1], 0, K, N, e, 0, K, Pp, K, zeros, False,
-                          TIMES_RELU_SLOPE, layers[l - 1])
-        else:
-            tile_products(d, 0, N, 1, WTs[l - 1], 0, K, N, e, 0, K, Pp, K, zeros, False, AS_IS, e)
+        # times the ReLU's slope on the registers, before they are stored
+        finish = TIMES_RELU_SLOPE if act == RELU else AS_IS
+        tile_products(d, 0, N, 1, WTs[l - 1], 0, K, N, e, 0, K, Pp, K, zeros, np.bool_(False),
+                      finish, layers[l - 1])
+        if act != RELU:
             size = Pp * K
             activation_grad_into(e[:size], layers[l - 1][:size], act, alpha, e[:size])
         d, e = e, d
