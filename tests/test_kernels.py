@@ -209,9 +209,11 @@ def test_gemm_deterministic_across_calls_and_thread_counts(rng, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("n", [4, 8, 24, 40, 65])
+@pytest.mark.parametrize("n", [4, 8, 20, 24, 28, 40, 65])
 def test_gemm_narrow_outputs(rng, n, form, dtype):
-    # narrow C takes the narrow 12-row kernel for its last panel and reads A in place
+    # narrow C takes the narrow 12-row kernel for its last panel, a vector of columns at a
+    # time (20 and 24: 16 + 4 and 16 + 8 with 512-bit float32, 28: 16 + 8 + 4 or 16 + 12
+    # with 256-bit float32 or 512-bit float64), and reads A in place
     # (a row-major A, or the transpose of one: both only when there are few column
     # panels), in one block of rows and in several
     for m in (64, 250):
@@ -221,12 +223,13 @@ def test_gemm_narrow_outputs(rng, n, form, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("m, k, n", [(13, 300, 8), (64, 600, 20), (130, 257, 40), (257, 40, 37),
-                                     (400, 64, 200)])
+@pytest.mark.parametrize("m, k, n", [(13, 300, 8), (64, 600, 20), (96, 300, 28), (130, 257, 40),
+                                     (257, 40, 37), (400, 64, 200)])
 def test_gemm_each_row_has_the_bits_it_has_alone(rng, m, k, n, form, dtype):
     # one row alone goes through a padded edge tile; in a bigger product it is in a full
-    # 6-row tile, a 12-row narrow tile (n % 16 <= 8; on half vectors where n % 32 <= 8
-    # with 512-bit float32), a balanced block of A, or a tile of C large enough to be
+    # 6-row tile, a 12-row narrow tile (the last panel narrower than two vectors, a vector
+    # of columns at a time, on half vectors for a piece at most half a vector wide), a
+    # balanced block of A, or a tile of C large enough to be
     # prefetched (400 x 200). Every path must run the same FMAs in the same order.
     a, b = operands(rng, form, m, k, n, dtype)
     whole = product(form, a, b)

@@ -19,8 +19,10 @@ The structure is the one BLIS and OpenBLAS use (Goto & van de Geijn 2008):
   12 FMAs (:mod:`tinyvae._backend.simd`). 12 accumulators + 2 B vectors + 1 broadcast
   = 15 of AVX2's 16 ymm registers (of AVX-512's 32 zmm, where the vectors are
   twice as wide). A narrow 12 x (1 vector) kernel takes a last column panel
-  at most one vector wide (n = 40 in float32 with 8 lanes = 2 panels + 8 columns),
-  two row panels at a time so that it too has 12 independent FMA chains, and
+  narrower than two vectors, a vector of columns at a time (n = 40 in float32 with 8
+  lanes = 2 panels + 8 columns; n = 20 with 16 lanes = 16 + 4 columns, 26.4 -> 23.7 us
+  at 128x256 @ 256x20 on a Zen 4, where the full kernel ran all 32 columns through a
+  scratch tile), two row panels at a time so that it too has 12 independent FMA chains, and
   when there are only a few column panels A is read in place instead of packed
   (a row-major A, or the transpose of one). There a last panel at most half a
   vector wide (n = 40 in float32 on AVX-512: 32 + 8) runs on half-width vectors,
@@ -394,36 +396,43 @@ def _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
                     i = ic + iq
                     # (a and ap are passed in separate calls, never through one variable:
                     # a read-only input would not unify with the writable buffer)
-                    if width <= L and iq + 2 * MR <= ib_rows:
-                        # a column panel at most one vector wide, two whole row panels at
-                        # once (no FMAs on the zero padding). With A read in place (the
-                        # latent heads) a panel at most half a vector wide runs on half
-                        # vectors. A tile narrower than its vectors goes through the
-                        # scratch tile, 2*MR x L.
-                        half = direct and width <= L // 2
-                        full = width == (L // 2 if half else L)
-                        if full:
-                            dst, dst_off, ldd = c, i * ldc + j, ldc
-                        else:
-                            dst, dst_off, ldd = edge, 0, L
-                        acc = accumulate and full
-                        if prefetch_c and full and not accumulate:
-                            _prefetch_tile(c, dst_off, ldc, 2 * MR, width)
-                        if direct:
-                            a_off = ao + i * ars + p0 * acs
-                            # (two calls, not one with z in a variable: the two widths
-                            # are two types, which one variable cannot hold)
-                            if half:
-                                _micro_kernel_narrow(vzero_half(c), kc, a, a_off, a_off + MR * ars,
-                                                     ars, acs, bp, b_off, dst, dst_off, ldd, acc)
+                    if width < NR and iq + 2 * MR <= ib_rows:
+                        # a column panel narrower than two vectors, two whole row panels at
+                        # once (no FMAs on the zero padding), a vector of columns at a time:
+                        # n = 40 in float32 with 8 lanes is 2 panels + 8 columns, n = 20 with
+                        # 16 lanes 16 + 4 columns (the full kernel ran all 32, through the
+                        # scratch tile). With A read in place (the latent heads) a piece
+                        # at most half a vector wide runs on half vectors. A piece narrower
+                        # than its vectors goes through the scratch tile, 2*MR x L.
+                        for q in range(0, width, L):
+                            piece = min(L, width - q)
+                            half = direct and piece <= L // 2
+                            full = piece == (L // 2 if half else L)
+                            if full:
+                                dst, dst_off, ldd = c, i * ldc + j + q, ldc
                             else:
-                                _micro_kernel_narrow(vzero(c), kc, a, a_off, a_off + MR * ars,
-                                                     ars, acs, bp, b_off, dst, dst_off, ldd, acc)
-                        else:
-                            _micro_kernel_narrow(vzero(c), kc, ap, iq * kc, (iq + MR) * kc, 1, MR,
-                                                 bp, b_off, dst, dst_off, ldd, acc)
-                        if not full:
-                            _store_edge(edge, L, c, i * ldc + j, ldc, 2 * MR, width, accumulate)
+                                dst, dst_off, ldd = edge, 0, L
+                            acc = accumulate and full
+                            if prefetch_c and full and not accumulate:
+                                _prefetch_tile(c, dst_off, ldc, 2 * MR, piece)
+                            if direct:
+                                a_off = ao + i * ars + p0 * acs
+                                # (two calls, not one with z in a variable: the two widths
+                                # are two types, which one variable cannot hold)
+                                if half:
+                                    _micro_kernel_narrow(vzero_half(c), kc, a, a_off,
+                                                         a_off + MR * ars, ars, acs, bp, b_off + q,
+                                                         dst, dst_off, ldd, acc)
+                                else:
+                                    _micro_kernel_narrow(vzero(c), kc, a, a_off, a_off + MR * ars,
+                                                         ars, acs, bp, b_off + q, dst, dst_off,
+                                                         ldd, acc)
+                            else:
+                                _micro_kernel_narrow(vzero(c), kc, ap, iq * kc, (iq + MR) * kc, 1,
+                                                     MR, bp, b_off + q, dst, dst_off, ldd, acc)
+                            if not full:
+                                _store_edge(edge, L, c, i * ldc + j + q, ldc, 2 * MR, piece,
+                                            accumulate)
                         iq += 2 * MR
                         continue
                     # one row panel: full tiles go straight to C, edge tiles through the
