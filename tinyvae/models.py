@@ -576,11 +576,12 @@ class VAE(_BaseModel):
           1. mu, logvar = heads(encoder(x))                          _encode_batch
           2. z = mu + sigma * eps,  sigma = exp(0.5 logvar)          losses.reparam_kl_forward
              kl_ij = 0.5 (mu^2 + sigma^2 - 1 - logvar)              (the same fused call)
-          3. out = decoder(z)          logits (Bernoulli) or mean    _decoder_forward
+          3. out = decoder(z)          logits (Bernoulli) or mean    _decode_and_reconstruct
           4. loss = mean_i nll_i + w * mean_i sum_j kl_ij           _reconstruction, _kl_term
         Backward, each line the reverse of the forward step with its number:
           4. dout = (1/n) d nll_i / d out_i;   dkl_ij = w / n
           3. dz = decoder backward of dout                           _decoder_backward
+             (the broadcast decoder with a Bernoulli likelihood ran it in step 3's call)
           2. dmu = dz + dkl * mu                                     losses.reparam_kl_backward
              dlogvar = 0.5 dz * eps * sigma + dkl * 0.5 (sigma^2 - 1)
              (= reparameterize_backward + gaussian_kl_backward, the pairs above it)
@@ -704,7 +705,7 @@ class BetaTCVAE(VAE):
           1. mu, logvar = heads(encoder(x))                          _encode_batch
           2. z = mu + sigma * eps (and the analytic KL, for the history)
                                                                      losses.reparam_kl_forward
-          3. out = decoder(z)                                        _decoder_forward
+          3. out = decoder(z)                                        _decode_and_reconstruct
           4. penalty = w [alpha MI + beta TC + gamma dim-wise KL], from the (n, n, d)
              matrix log q(z_ik | x_j)                                losses.tc_penalty_forward
           5. loss = mean_i nll_i + penalty                           _reconstruction
