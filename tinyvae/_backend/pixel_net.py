@@ -289,11 +289,11 @@ def _bias_grad(d, rows, N, db, off):
 
 
 @njit
-def _weight_grad(h, h_off, K, d, N, Pp, dW, w_off, zeros):
-    """dW[w_off:] (K x N) = h_block.T @ d over Pp rows, in blocks of rows that stay in L1."""
+def _weight_grad(h, K, d, N, Pp, dW, w_off, zeros):
+    """dW[w_off:] (K x N) = h.T @ d over Pp rows, in blocks of rows that stay in L1."""
     for r0 in range(0, Pp, GRAD_BLOCK_ROWS):
         rows = min(GRAD_BLOCK_ROWS, Pp - r0)
-        tile_products(h, h_off + r0 * K, 1, K, d, r0 * N, N, rows, dW, w_off, N, K, N, zeros,
+        tile_products(h, r0 * K, 1, K, d, r0 * N, N, rows, dW, w_off, N, K, N, zeros,
                       r0 > 0, np.int64(AS_IS), dW)
 
 
@@ -316,6 +316,15 @@ def _first_layer_backward(d, coords, P, H, i, g, gxy):
 
 
 @njit
+def _backward_scratch(dims, Pp, dtype):
+    """(d, e, zeros) for _image_backward: one image's layer gradients, two buffers of Pp
+    max(dims), and max(dims) zeros; made once a part and reused by every image (allocated
+    per image, each 128 KB buffer was a fresh mapping of memory, paid in page faults)."""
+    width = dims.max()
+    return np.empty(Pp * width, dtype), np.empty(Pp * width, dtype), np.zeros(width, dtype)
+
+
+@njit
 def _image_backward(dlogits, coords, layers, WTs, w_out, dims, P, Pp, act, alpha, dWs, dbs,
                     dw_out, g, gxy, i, d, e, zeros):
     """Image i's backward from its hidden layers (_hidden_layers), each weight gradient
@@ -335,7 +344,7 @@ def _image_backward(dlogits, coords, layers, WTs, w_out, dims, P, Pp, act, alpha
     while l > 0:
         K, N = dims[l - 1], dims[l]
         _bias_grad(d, P, N, dbs[l - 1], i * N)
-        _weight_grad(layers[l - 1], 0, K, d, N, Pp, dWs[l - 1], i * K * N, zeros)
+        _weight_grad(layers[l - 1], K, d, N, Pp, dWs[l - 1], i * K * N, zeros)
         # times the ReLU's slope on the registers, before they are stored
         finish = TIMES_RELU_SLOPE if act == RELU else AS_IS
         tile_products(d, 0, N, 1, WTs[l - 1], 0, K, N, e, 0, K, Pp, K, zeros, np.bool_(False),
@@ -355,11 +364,7 @@ def backward_images(zW, cwb, Ws, bs, dlogits, coords, WTs, w_out, dims, P, Pp, a
     then _image_backward. Arguments as those two take them."""
     part_started(progress)
     layers = _scratch_layers(dims, Pp, w_out.dtype)
-    # one image's layer gradients, reused by every image of the part (allocated per
-    # image, each 128 KB buffer was a fresh mapping of memory, paid in page faults)
-    d = np.empty(Pp * dims.max(), w_out.dtype)
-    e = np.empty(Pp * dims.max(), w_out.dtype)
-    zeros = np.zeros(dims.max(), w_out.dtype)
+    d, e, zeros = _backward_scratch(dims, Pp, w_out.dtype)
     for i in range(lo, hi):
         _hidden_layers(zW, cwb, Ws, bs, layers, i, dims, Pp, act, alpha)
         _image_backward(dlogits, coords, layers, WTs, w_out, dims, P, Pp, act, alpha, dWs, dbs,
@@ -377,9 +382,7 @@ def train_images(zW, cwb, Ws, bs, w_out, b_out, x, grad_scale, coords, WTs, dims
     part_started(progress)
     layers = _scratch_layers(dims, Pp, w_out.dtype)
     block = np.empty(2 * lanes(w_out) ** 2, w_out.dtype)
-    d = np.empty(Pp * dims.max(), w_out.dtype)
-    e = np.empty(Pp * dims.max(), w_out.dtype)
-    zeros = np.zeros(dims.max(), w_out.dtype)
+    d, e, zeros = _backward_scratch(dims, Pp, w_out.dtype)
     for i in range(lo, hi):
         _hidden_layers(zW, cwb, Ws, bs, layers, i, dims, Pp, act, alpha)
         _output_layer(layers[dims.size - 1], i, P, dims[-1], w_out, b_out, logits, block)
