@@ -205,13 +205,11 @@ def tc_terms_backward(g_own, g_joint, g_marginal, g_prior, cache):
     B, d = z.shape
     g_own, g_joint, g_marginal, g_prior = (np.ascontiguousarray(g, dtype=z.dtype)
                                            for g in (g_own, g_joint, g_marginal, g_prior))
-    dz = np.empty((B, d), z.dtype)
-    dmu_t, dlogvar_t = np.empty((d, B), z.dtype), np.empty((d, B), z.dtype)
-    parts = _chunks(B * B * d, _fused.PARALLEL_MIN_SIZE)
-    _run_ranges(_tc.tc_dz_rows, (*cache, g_own, g_joint, g_marginal, g_prior, dz), B, parts)
-    _run_ranges(_tc.tc_posterior_dims, (*cache, g_own, g_joint, g_marginal, dmu_t, dlogvar_t),
-                d, min(parts, d))
-    return dz, np.ascontiguousarray(dmu_t.T), np.ascontiguousarray(dlogvar_t.T)
+    dz_t, dmu_t, dlogvar_t = (np.empty((d, B), z.dtype) for _ in range(3))
+    parts = min(_chunks(B * B * d, _fused.PARALLEL_MIN_SIZE), d)
+    _run_ranges(_tc.tc_backward_dims, (*cache, g_own, g_joint, g_marginal, g_prior, dz_t,
+                                       dmu_t, dlogvar_t), d, parts)
+    return tuple(np.ascontiguousarray(a.T) for a in (dz_t, dmu_t, dlogvar_t))
 
 
 # ----------------------------------------------------------------------------

@@ -3,24 +3,23 @@
 The NumPy definition is :func:`tinyvae.losses.tc_terms_forward` / ``_backward``: it
 builds the whole (B, B, d) matrix L[i, j, k] = log q(z_ik | x_j) and three
 arrays like it. These kernels make one pass over the pairs (i, j) for the forward
-and two for the backward, and keep what the backward needs of the softmaxes:
+and one for the backward, and keep what the backward needs of the softmaxes:
 
     joint[i, j]        = softmax_j (lw_ij + sum_k L_ijk)     (B, B), kept whole
     marginal[i, k, j]  = softmax_j (lw_ij + L_ijk)           (B, d, B), kept as the
                          shift peak[i, k] and 1 / sum inv_total[i, k] of each softmax
 
-and the backward computes each marginal weight again where it uses it
-(:func:`_marginal_weights`, the forward's own arithmetic). Kept whole, the marginal
-weights were 42 MB at B = 1,024, d = 10, written once and read twice a step (and a
-fresh mapping of memory each step, paid in page faults): computing them again is
+and the backward computes each marginal weight again where it uses it, with the
+forward's own arithmetic (:func:`_log_density`). Kept whole, the marginal weights
+were 42 MB at B = 1,024, d = 10, written once and read again a step (and a fresh
+mapping of memory each step, paid in page faults): computing them again is
 cheaper than the memory.
 
 The posterior parameters come in transposed, (d, B), so that every inner loop
 runs over j, the long contiguous axis, and vectorises (d is ~10, B ~256).
-Rows i are independent in the forward and in dz; dmu and dlogvar sum over i, so
-the backward walks the pairs twice, by rows i for dz and by latent dimensions k
-for the posterior gradients: each output has one writer, and results do not
-depend on the number of threads.
+Rows i are independent in the forward; in the backward dmu and dlogvar sum over
+i, so it walks the pairs by latent dimensions k: each output has one writer, and
+results do not depend on the number of threads.
 
 exp goes through :func:`tinyvae._backend.simd.exp_nonpositive` (its argument is a - max <= 0),
 which vectorises where a call to libm's exp does not.
@@ -121,42 +120,23 @@ def tc_forward_rows(z, muT, ivT, cT, lw, joint, peaks, inv_totals, terms, lo, hi
 
 
 @njit
-def tc_dz_rows(z, muT, ivT, cT, lw, joint, peaks, inv_totals, g_own, g_joint, g_marginal,
-               g_prior, dz, lo, hi, progress):
-    """dz for rows lo..hi: dz_ik = -sum_j G_ijk D_ijk - g_prior_i z_ik.
+def tc_backward_dims(z, muT, ivT, cT, lw, joint, peaks, inv_totals, g_own, g_joint,
+                     g_marginal, g_prior, dzT, dmuT, dlogvarT, lo, hi, progress):
+    """dz, dmu, dlogvar (transposed, (d, B)) in latent dimensions k = lo..hi.
 
-    G_ijk = g_own_i [i = j] + g_joint_i joint_ij + g_marginal_i marginal_ikj,
-    D_ijk = (z_ik - mu_jk) e^-logvar_jk; the marginal weights computed again.
-    """
-    part_started(progress)
-    B, d = z.shape
-    half = scalar_like(z, 0.5)
-    for i in range(lo, hi):
-        gj, gm = g_joint[i], g_marginal[i]
-        for k in range(d):
-            zik = z[i, k]
-            peak, inv_total = peaks[i, k], inv_totals[i, k]
-            acc = scalar_like(z, 0)
-            for j in range(B):
-                a = lw[i, j] + _log_density(zik, muT[k, j], ivT[k, j], cT[k, j], half)
-                weight = exp_nonpositive(a - peak) * inv_total
-                acc += (gj * joint[i, j] + gm * weight) * (zik - muT[k, j]) * ivT[k, j]
-            acc += g_own[i] * (zik - muT[k, i]) * ivT[k, i]
-            dz[i, k] = -acc - g_prior[i] * zik
-    part_done(progress)
+    With G_ijk = g_own_i [i = j] + g_joint_i joint_ij + g_marginal_i marginal_ikj and
+    D_ijk = (z_ik - mu_jk) e^-logvar_jk (the marginal weights computed again):
 
+        dz_ik = -sum_j G_ijk D_ijk - g_prior_i z_ik
+        dmu_jk = sum_i G_ijk D_ijk,   dlogvar_jk = sum_i G_ijk 0.5 ((z_ik - mu_jk) D_ijk - 1)
 
-@njit
-def tc_posterior_dims(z, muT, ivT, cT, lw, joint, peaks, inv_totals, g_own, g_joint,
-                      g_marginal, dmuT, dlogvarT, lo, hi, progress):
-    """dmu, dlogvar (transposed, (d, B)) in latent dimensions k = lo..hi.
-
-    dmu_jk = sum_i G_ijk D_ijk,  dlogvar_jk = sum_i G_ijk 0.5 ((z_ik - mu_jk) D_ijk - 1);
-    the marginal weights computed again. Threads split the dimensions k, not the
-    posteriors j: the inner loop then runs over all of j from 0, which the compiler
-    vectorises without taking a view of a row (a view of an array another thread
-    also takes views of writes to a reference count both threads share: split by
-    columns, two threads ran this pass no faster than one, B = 1,024, Zen 4).
+    One walk over the pairs gives all three: each G_ijk D_ijk (and its exp) is made
+    once. Threads split the dimensions k, so every output has one writer (results do
+    not depend on the number of threads) and the inner loop runs over all of j from 0,
+    which the compiler vectorises without taking a view of a row (a view of an array
+    another thread also takes views of writes to a reference count both threads
+    share: split by columns, two threads ran the posterior pass no faster than one,
+    B = 1,024, Zen 4).
     """
     part_started(progress)
     B = z.shape[0]
@@ -170,13 +150,17 @@ def tc_posterior_dims(z, muT, ivT, cT, lw, joint, peaks, inv_totals, g_own, g_jo
         gj, gm = g_joint[i], g_marginal[i]
         for k in range(lo, hi):
             zik, peak, inv_total = z[i, k], peaks[i, k], inv_totals[i, k]
+            dz_sum = scalar_like(z, 0)
             for j in range(B):
                 a = lw[i, j] + _log_density(zik, muT[k, j], ivT[k, j], cT[k, j], half)
                 G = gj * joint[i, j] + gm * exp_nonpositive(a - peak) * inv_total
                 diff = zik - muT[k, j]
-                D = diff * ivT[k, j]
-                dmuT[k, j] += G * D
-                dlogvarT[k, j] += G * half * (diff * D - one)
+                GD = G * diff * ivT[k, j]
+                dz_sum += GD
+                dmuT[k, j] += GD
+                dlogvarT[k, j] += half * (GD * diff - G)
+            dz_sum += g_own[i] * (zik - muT[k, i]) * ivT[k, i]
+            dzT[k, i] = -dz_sum - g_prior[i] * zik
     for k in range(lo, hi):
         for j in range(B):
             diff = z[j, k] - muT[k, j]
