@@ -146,14 +146,18 @@ def test_logsumexp_backward():
     assert rel_error(da, num) < LAYER_TOL
 
 
+@pytest.mark.parametrize("compute_grads", [False, True])
 @pytest.mark.parametrize("estimator", ["mss", "mws", "mss-columns"])
 @pytest.mark.parametrize("B", [1, 2, 7])
-def test_tc_penalty_backward(backend, estimator, B):
+def test_tc_penalty_backward(backend, estimator, B, compute_grads):
     rng = np.random.default_rng(3)
     z, mu, logvar = posteriors(rng, B, 3)
     lw = losses.log_importance_weights(B, 40, estimator)
     weights = (0.7, 5.3, 1.9)          # unequal, so every term's coefficient is non-zero
-    _, _, cache = losses.tc_penalty_forward(z, mu, logvar, lw, *weights)
+    # compute_grads: the Numba backend makes the gradients for dpenalty = 1 in the
+    # forward, and the backward scales them by 1.3
+    _, _, cache = losses.tc_penalty_forward(z, mu, logvar, lw, *weights,
+                                            compute_grads=compute_grads)
     dz, dmu, dlogvar = losses.tc_penalty_backward(1.3, cache)
 
     def f(zz, mm, ll):
@@ -202,6 +206,12 @@ def test_fused_kernel_matches_reference(dtype, B, d, strided):
     for got, want in zip(grads, ref_grads, strict=True):
         assert got.dtype == dtype and got.shape == (B, d)
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max() + 1e-30)
+    # forward and backward in one walk: the forward's own terms, the reference's gradients
+    one_walk_terms, one_walk_grads = _nb_kernels.tc_terms_forward_backward(z, mu, logvar, lw, *g)
+    np.testing.assert_array_equal(one_walk_terms, terms)
+    for got, want in zip(one_walk_grads, ref_grads, strict=True):
+        assert got.dtype == dtype and got.shape == (B, d)
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max() + 1e-30)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -233,7 +243,10 @@ def test_fused_kernel_is_the_same_on_any_thread_count():
         for threads in (1, before):
             set_num_threads(threads)
             terms, cache = _nb_kernels.tc_terms_forward(z, mu, logvar, lw)
-            results.append((terms, *_nb_kernels.tc_terms_backward(*g, cache)))
+            one_walk_terms, one_walk_grads = _nb_kernels.tc_terms_forward_backward(
+                z, mu, logvar, lw, *g)
+            results.append((terms, *_nb_kernels.tc_terms_backward(*g, cache),
+                            one_walk_terms, *one_walk_grads))
     finally:
         set_num_threads(before)
     for a, b in zip(*results, strict=True):

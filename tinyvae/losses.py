@@ -384,7 +384,7 @@ def tc_terms_backward(d_log_qz_x, d_log_qz, d_log_qz_marginals, d_log_pz, cache)
     return dz - d_log_pz[:, None] * z, dmu, dlogvar
 
 
-def tc_penalty_forward(z, mu, logvar, log_weights, alpha, beta, gamma):
+def tc_penalty_forward(z, mu, logvar, log_weights, alpha, beta, gamma, compute_grads=False):
     """The beta-TCVAE penalty on a minibatch: the three parts of the KL, each weighted.
 
     penalty = mean_i [ alpha (log q(z_i|x_i) - log q(z_i))                 index-code MI
@@ -394,12 +394,22 @@ def tc_penalty_forward(z, mu, logvar, log_weights, alpha, beta, gamma):
     single-sample estimate of the ELBO's KL term. This is the composition of
     tc_terms_forward with the weights; on the Numba backend the (B, B, d) part runs
     as one fused kernel (tinyvae._backend.tc) that keeps only the softmax weights.
+    compute_grads: a training step's hint that tc_penalty_backward follows. Speed
+    trick, same maths: the Numba backend then makes the gradients for dpenalty = 1
+    in the forward's own walk over the pairs, while each row's softmax weights are
+    at hand, and the backward scales them.
     Inputs:  z, mu, logvar (B, d); log_weights (B, B); alpha, beta, gamma floats
     Returns: penalty (float), parts {"mi", "tc", "dwkl"} (batch means, floats), cache
     """
     compiled = kernels.compiled()
-    if compiled is not None:
+    unit_grads = None
+    if compiled is not None and compute_grads:
+        terms, unit_grads = compiled.tc_terms_forward_backward(
+            z, mu, logvar, log_weights, *_tc_upstream(1.0, z, alpha, beta, gamma))
+        terms_cache = None
+    elif compiled is not None:
         terms, terms_cache = compiled.tc_terms_forward(z, mu, logvar, log_weights)
+    if compiled is not None:
         log_qz_x, log_qz, log_qz_marginals = terms
         log_pz = standard_normal_log_density(z)
     else:
@@ -410,21 +420,29 @@ def tc_penalty_forward(z, mu, logvar, log_weights, alpha, beta, gamma):
              "dwkl": float(np.mean(log_qz_marginals - log_pz))}
     penalty = alpha * parts["mi"] + beta * parts["tc"] + gamma * parts["dwkl"]
     # the backward runs on the path the forward took, whatever the backend is by then
-    return penalty, parts, (z, compiled, terms_cache, float(alpha), float(beta), float(gamma))
+    return penalty, parts, (z, compiled, terms_cache, unit_grads, float(alpha), float(beta),
+                            float(gamma))
 
 
-def tc_penalty_backward(dpenalty, cache):
-    """Backward of tc_penalty_forward: dz, dmu, dlogvar (B, d) for a scalar dpenalty.
+def _tc_upstream(dpenalty, z, alpha, beta, gamma):
+    """The upstream gradient of each of tc_terms_forward's four terms (B,) for dpenalty.
 
     Collecting the terms, penalty = mean_i [alpha log q(z_i|x_i) + (beta - alpha) log q(z_i)
     + (gamma - beta) sum_k log q(z_ik) - gamma log p(z_i)], so each term's upstream
     gradient is its coefficient times dpenalty / B.
     """
-    z, compiled, terms_cache, alpha, beta, gamma = cache
     B = z.shape[0]
     scale = dpenalty / B
-    upstream = [np.full(B, c * scale, dtype=z.dtype)
-                for c in (alpha, beta - alpha, gamma - beta, -gamma)]
+    return [np.full(B, c * scale, dtype=z.dtype)
+            for c in (alpha, beta - alpha, gamma - beta, -gamma)]
+
+
+def tc_penalty_backward(dpenalty, cache):
+    """Backward of tc_penalty_forward: dz, dmu, dlogvar (B, d) for a scalar dpenalty."""
+    z, compiled, terms_cache, unit_grads, alpha, beta, gamma = cache
+    if unit_grads is not None:     # made by the forward for dpenalty = 1: linear in it
+        return unit_grads if dpenalty == 1 else tuple(dpenalty * g for g in unit_grads)
+    upstream = _tc_upstream(dpenalty, z, alpha, beta, gamma)
     if compiled is not None:
         return compiled.tc_terms_backward(*upstream, terms_cache)
     return tc_terms_backward(*upstream, terms_cache)

@@ -715,6 +715,7 @@ class BetaTCVAE(VAE):
           4. the penalty's own dz, dmu, dlogvar: through each logsumexp (its softmax
              weights) to log q(z_ik | x_j), then to z_i, mu_j, logvar_j
                                                                      losses.tc_penalty_backward
+             (on the Numba backend made in forward 4's walk over the pairs)
           2. dmu = dz_total + dmu_penalty,
              dlogvar = 0.5 dz_total * eps * sigma + dlogvar_penalty  losses.reparam_kl_backward
              (with the analytic KL's weight 0: the penalty replaces it)
@@ -726,7 +727,8 @@ class BetaTCVAE(VAE):
         recon, dout, extra = float(f.nll.mean()), f.dout, f.extra
         w = self.penalty_weight()
         penalty, parts, tc_cache = losses.tc_penalty_forward(
-            f.z, mu, f.logvar, self.log_weights(n), w * self.alpha, w * self.beta, w * self.gamma)
+            f.z, mu, f.logvar, self.log_weights(n), w * self.alpha, w * self.beta, w * self.gamma,
+            compute_grads)
         loss = recon + penalty
         kl_per_latent = f.kl.mean(axis=0)
         self.last_loss_parts_ = {"loss": loss, "recon": recon, "kl": float(kl_per_latent.sum()),

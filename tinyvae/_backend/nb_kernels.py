@@ -36,6 +36,7 @@ __all__ = [
     "gemm", "dense_forward", "activate", "activation_backward", "activation_bias_backward",
     "bernoulli_nll_logits", "reparam_kl_forward", "reparam_kl_backward",
     "adam_update", "sgd_update", "adagrad_update", "tc_terms_forward", "tc_terms_backward",
+    "tc_terms_forward_backward",
     "pixel_decoder_forward", "pixel_decoder_backward", "pixel_decoder_bernoulli_nll",
 ]
 
@@ -184,19 +185,50 @@ def adagrad_update(p, g, accum, lr, eps, weight_decay):
 
 def tc_terms_forward(z, mu, logvar, log_weights):
     """(terms (3, B), cache): log q(z_i|x_i), log q(z_i), sum_k log q(z_ik) per sample."""
-    z = np.ascontiguousarray(z)
+    z, mu_t, inv_var_t, const_t, lw = _tc_inputs(z, mu, logvar, log_weights)
     B, d = z.shape
-    logvar_t = np.ascontiguousarray(logvar.T)
-    mu_t = np.ascontiguousarray(mu.T)
-    inv_var_t = np.exp(-logvar_t)
-    const_t = -0.5 * (z.dtype.type(_LOG_2PI) + logvar_t)
-    lw = np.ascontiguousarray(log_weights, dtype=z.dtype)
     joint = np.empty((B, B), z.dtype)
     peaks, inv_totals = np.empty((B, d), z.dtype), np.empty((B, d), z.dtype)
     terms = np.empty((3, B), z.dtype)
     _run_ranges(_tc.tc_forward_rows, (z, mu_t, inv_var_t, const_t, lw, joint, peaks, inv_totals,
                                       terms), B, _chunks(B * B * d, _fused.PARALLEL_MIN_SIZE))
     return terms, (z, mu_t, inv_var_t, const_t, lw, joint, peaks, inv_totals)
+
+
+#: rows whose dmu, dlogvar one block of tc_forward_backward_rows sums: fixed, so that the
+#: sums do not depend on the number of threads (every split is on a multiple of it)
+TC_ROWS_PER_PART = 64
+
+
+def _tc_inputs(z, mu, logvar, log_weights):
+    """z, mu.T, exp(-logvar).T, -0.5 (log 2 pi + logvar).T, log_weights: as the kernels
+    of _backend.tc take them (contiguous, z's dtype)."""
+    z = np.ascontiguousarray(z)
+    logvar_t = np.ascontiguousarray(logvar.T)
+    return (z, np.ascontiguousarray(mu.T), np.exp(-logvar_t),
+            -0.5 * (z.dtype.type(_LOG_2PI) + logvar_t),
+            np.ascontiguousarray(log_weights, dtype=z.dtype))
+
+
+def tc_terms_forward_backward(z, mu, logvar, log_weights, g_own, g_joint, g_marginal,
+                              g_prior):
+    """(terms (3, B), (dz, dmu, dlogvar) each (B, d)): tc_terms_forward, then
+    tc_terms_backward of the upstream gradients g_* (B,), in one walk over the pairs."""
+    inputs = _tc_inputs(z, mu, logvar, log_weights)
+    z = inputs[0]
+    B, d = z.shape
+    upstream = [np.ascontiguousarray(g, dtype=z.dtype)
+                for g in (g_own, g_joint, g_marginal, g_prior)]
+    terms, dz = np.empty((3, B), z.dtype), np.empty((B, d), z.dtype)
+    n_parts = -(-B // TC_ROWS_PER_PART)
+    dmu_parts = np.empty((n_parts, d, B), z.dtype)
+    dlogvar_parts = np.empty((n_parts, d, B), z.dtype)
+    _run_ranges(_tc.tc_forward_backward_rows, (*inputs, *upstream, terms, dz, dmu_parts,
+                                               dlogvar_parts, TC_ROWS_PER_PART), B,
+                _chunks(B * B * d, _fused.PARALLEL_MIN_SIZE), TC_ROWS_PER_PART)
+    # the blocks in order: numpy adds the slices of axis 0 one after another
+    return terms, (dz, np.ascontiguousarray(dmu_parts.sum(axis=0).T),
+                   np.ascontiguousarray(dlogvar_parts.sum(axis=0).T))
 
 
 def tc_terms_backward(g_own, g_joint, g_marginal, g_prior, cache):

@@ -69,6 +69,50 @@ def _log_density(zik, mu, iv, c, half):
 
 
 @njit
+def _row_forward(i, z, muT, ivT, cT, lw, row, a, lane_max, exps, joint, r, peaks, inv_totals,
+                 terms):
+    """Row i of the forward: terms[:, i], the marginal softmaxes' peaks[i] and
+    inv_totals[i], their unnormalised weights exps (d, B), and the joint softmax
+    weights in joint[r]. row, a (B,) and lane_max are scratch."""
+    B, d = z.shape
+    half = scalar_like(z, 0.5)
+    one = scalar_like(z, 1)
+    own = scalar_like(z, 0)
+    marginal_sum = scalar_like(z, 0)
+    for j in range(B):
+        row[j] = lw[i, j]
+    for k in range(d):
+        zik = z[i, k]
+        for j in range(B):
+            L = _log_density(zik, muT[k, j], ivT[k, j], cT[k, j], half)
+            row[j] += L
+            a[j] = lw[i, j] + L
+        peak = _max_of(a, lane_max)
+        total = scalar_like(z, 0)
+        for j in range(B):
+            e = exp_nonpositive(a[j] - peak)
+            exps[k, j] = e
+            total += e
+        peaks[i, k] = peak
+        inv_totals[i, k] = one / total
+        marginal_sum += peak + math.log(total)
+        diff = zik - muT[k, i]
+        own += cT[k, i] - half * diff * diff * ivT[k, i]
+    peak = _max_of(row, lane_max)
+    total = scalar_like(z, 0)
+    for j in range(B):
+        e = exp_nonpositive(row[j] - peak)
+        joint[r, j] = e
+        total += e
+    inv_total = one / total
+    for j in range(B):
+        joint[r, j] *= inv_total
+    terms[0, i] = own
+    terms[1, i] = peak + math.log(total)
+    terms[2, i] = marginal_sum
+
+
+@njit
 def tc_forward_rows(z, muT, ivT, cT, lw, joint, peaks, inv_totals, terms, lo, hi, progress):
     """Rows lo..hi of the forward: the softmax weights and terms[:, i].
 
@@ -79,43 +123,61 @@ def tc_forward_rows(z, muT, ivT, cT, lw, joint, peaks, inv_totals, terms, lo, hi
     """
     part_started(progress)
     B, d = z.shape
+    row, a = np.empty(B, z.dtype), np.empty(B, z.dtype)
+    lane_max = np.empty(lanes(row), z.dtype)
+    exps = np.empty((d, B), z.dtype)
+    for i in range(lo, hi):
+        _row_forward(i, z, muT, ivT, cT, lw, row, a, lane_max, exps, joint, i, peaks,
+                     inv_totals, terms)
+    part_done(progress)
+
+
+@njit
+def tc_forward_backward_rows(z, muT, ivT, cT, lw, g_own, g_joint, g_marginal, g_prior, terms,
+                             dz, dmuT_parts, dlogvarT_parts, rows_per_part, lo, hi, progress):
+    """Rows lo..hi of the forward and of the backward for the upstream gradients g_*
+    (B,): what tc_forward_rows and then tc_backward_dims give, in one walk.
+
+    Each row keeps its marginal weights (d, B) and joint weights (B,) from its
+    forward for its backward, so no exp is made twice. dz_i is the row's own;
+    dmu and dlogvar sum over rows, so each block of rows_per_part rows p adds its
+    rows into dmuT_parts[p], dlogvarT_parts[p] (d, B), and the caller sums the
+    blocks in order: lo, hi are multiples of rows_per_part, and the sums do not
+    depend on the number of threads.
+    """
+    part_started(progress)
+    B, d = z.shape
     half = scalar_like(z, 0.5)
     one = scalar_like(z, 1)
-    row = np.empty(B, z.dtype)
-    a = np.empty(B, z.dtype)
+    row, a = np.empty(B, z.dtype), np.empty(B, z.dtype)
     lane_max = np.empty(lanes(row), z.dtype)
+    exps, joint = np.empty((d, B), z.dtype), np.empty((1, B), z.dtype)
+    peaks, inv_totals = np.empty((B, d), z.dtype), np.empty((B, d), z.dtype)
     for i in range(lo, hi):
-        own = scalar_like(z, 0)
-        marginal_sum = scalar_like(z, 0)
-        for j in range(B):
-            row[j] = lw[i, j]
+        _row_forward(i, z, muT, ivT, cT, lw, row, a, lane_max, exps, joint, 0, peaks,
+                     inv_totals, terms)
+        p = i // rows_per_part
+        if i % rows_per_part == 0:
+            dmuT_parts[p] = 0
+            dlogvarT_parts[p] = 0
+        gj, gm, g_self = g_joint[i], g_marginal[i], g_own[i]
         for k in range(d):
-            zik = z[i, k]
+            zik, gm_k = z[i, k], gm * inv_totals[i, k]
+            dz_sum = scalar_like(z, 0)
             for j in range(B):
-                L = _log_density(zik, muT[k, j], ivT[k, j], cT[k, j], half)
-                row[j] += L
-                a[j] = lw[i, j] + L
-            peak = _max_of(a, lane_max)
-            total = scalar_like(z, 0)
-            for j in range(B):
-                total += exp_nonpositive(a[j] - peak)
-            peaks[i, k] = peak
-            inv_totals[i, k] = one / total
-            marginal_sum += peak + math.log(total)
+                G = gj * joint[0, j] + gm_k * exps[k, j]
+                diff = zik - muT[k, j]
+                GD = G * diff * ivT[k, j]
+                dz_sum += GD
+                dmuT_parts[p, k, j] += GD
+                dlogvarT_parts[p, k, j] += half * (GD * diff - G)
+            # G's own-posterior term, g_own_i [i = j]
             diff = zik - muT[k, i]
-            own += cT[k, i] - half * diff * diff * ivT[k, i]
-        peak = _max_of(row, lane_max)
-        total = scalar_like(z, 0)
-        for j in range(B):
-            e = exp_nonpositive(row[j] - peak)
-            joint[i, j] = e
-            total += e
-        inv_total = one / total
-        for j in range(B):
-            joint[i, j] *= inv_total
-        terms[0, i] = own
-        terms[1, i] = peak + math.log(total)
-        terms[2, i] = marginal_sum
+            GD = g_self * diff * ivT[k, i]
+            dz_sum += GD
+            dmuT_parts[p, k, i] += GD
+            dlogvarT_parts[p, k, i] += g_self * half * (diff * diff * ivT[k, i] - one)
+            dz[i, k] = -dz_sum - g_prior[i] * zik
     part_done(progress)
 
 
