@@ -3,6 +3,8 @@
 import json
 import shutil
 import signal
+import time
+import types
 
 import numpy as np
 import pytest
@@ -64,6 +66,37 @@ def test_train_writes_every_file(tiny_run, capsys):
     assert t["of_floor"] == pytest.approx(t["images_per_second"] / t["floor_images_per_second"],
                                           rel=1e-2)
     assert "Throughput:" in md and "of its floor" in md
+    assert t["floor_timed"] == "during training" and "timed during training" in md
+
+
+class _SleepingProbe:
+    """A FloorProbe stand-in whose samples take `seconds` and report a fixed rate."""
+
+    def __init__(self, seconds):
+        self.seconds, self.rates = seconds, []
+
+    def sample(self):
+        time.sleep(self.seconds)
+        self.rates.append(1e9)
+
+    def rate(self):
+        return 1e9
+
+
+def test_step_clock_subtracts_probe_time_between_its_entries():
+    probe = _SleepingProbe(0.05)
+    clock = runs.StepClock(batch_size=1, probe=probe, probe_every=1)
+    model = types.SimpleNamespace(step_=0)
+    start = time.perf_counter()
+    for k in range(3):
+        model.step_ = k
+        clock(model, {})
+    assert time.perf_counter() - start >= 0.15
+    # the entries are 0.05 s apart, all of it probing: the two probes before the last
+    # entry are left out of the 2 steps' time, the last one (after it) is not inside
+    assert clock.last[1] - clock.first[1] >= 0.1
+    assert 2 / clock.images_per_second() < 0.01
+    assert clock.floor_rate() == 1e9 and len(probe.rates) == 3
 
 
 def test_evaluate_reproduces_the_report(tiny_run, tmp_path):

@@ -474,13 +474,50 @@ def blas_rate(batch, fan_in, fan_out, clock="wall", settle_seconds=0.0):
     return flops / median(t)
 
 
-def floor_images_per_second(config, input_dim, batch, threads):
+def floor_images_per_second(config, input_dim, batch, threads, rate=None):
     """(images/s, GFLOP/s): a run's training images per second if its step did nothing
-    but its GEMMs at numpy.matmul's rate on the first layer's shape, on `threads` threads."""
-    with thread_limit(threads):
-        rate = blas_rate(batch, input_dim, config["hidden"][0], settle_seconds=_settle(
-            threads, SETTLE_SECONDS))
+    but its GEMMs at numpy.matmul's rate on the first layer's shape, on `threads` threads.
+
+    rate: that FLOP/s as a FloorProbe timed it during the run; None times it now.
+    """
+    if rate is None:
+        with thread_limit(threads):
+            rate = blas_rate(batch, input_dim, config["hidden"][0], settle_seconds=_settle(
+                threads, SETTLE_SECONDS))
     return batch * rate / run_gemm_flops(config, input_dim, batch), rate / 1e9
+
+
+class FloorProbe:
+    """numpy.matmul's FLOP/s on a run's first-layer shape, (batch, fan_in) @ (fan_in,
+    fan_out) float32 on `threads` threads, sampled now and then while the run trains.
+
+    The median of the samples is the rate of the run's floor, timed over the same
+    minutes as the steps it is set beside: on a shared machine whose speed drifts, a
+    rate timed once after training (0.2 s) moved the ratio by 1.5x between two runs.
+    Each sample first runs the product untimed for `warm_seconds` (OpenBLAS's threads
+    wake up), then keeps the median of `calls` timed calls.
+    """
+
+    def __init__(self, batch, fan_in, fan_out, threads, warm_seconds=0.02, calls=5):
+        self._product, self._flops = _first_layer_product(batch, fan_in, fan_out)
+        self.threads, self.warm_seconds, self.calls = threads, warm_seconds, calls
+        self.rates = []
+
+    def sample(self):
+        with thread_limit(self.threads):
+            end = time.perf_counter() + self.warm_seconds
+            while time.perf_counter() < end:
+                self._product()
+            times = []
+            for _ in range(self.calls):
+                start = time.perf_counter()
+                self._product()
+                times.append(time.perf_counter() - start)
+        self.rates.append(self._flops / median(times))
+
+    def rate(self):
+        """The median sample (FLOP/s), or None before the first."""
+        return median(self.rates) if self.rates else None
 
 
 def torch_available() -> bool:

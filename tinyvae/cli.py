@@ -302,7 +302,7 @@ def _train(args) -> int:
         print(f"no report written (--no-report); write it with:  tinyvae evaluate {folder}")
         return 0
     return _report(result.model, result.data, config, folder, result.train_seconds, progress,
-                   images_per_second=result.images_per_second)
+                   images_per_second=result.images_per_second, floor_rate=result.floor_rate)
 
 
 def _data_errors():
@@ -318,7 +318,7 @@ def _fail(command, err) -> int:
 
 
 def _report(model, data, config, folder, train_seconds, progress, protocols=("fast",),
-            codes="mean", images_per_second=None) -> int:
+            codes="mean", images_per_second=None, floor_rate=None) -> int:
     from tinyvae import report as reports
 
     try:
@@ -326,7 +326,8 @@ def _report(model, data, config, folder, train_seconds, progress, protocols=("fa
                                   time.perf_counter(), progress=progress,
                                   quick=config.get("quick_eval", False),
                                   protocols=protocols, codes=codes,
-                                  images_per_second=images_per_second)
+                                  images_per_second=images_per_second,
+                                  floor_rate=floor_rate)
     except KeyboardInterrupt:
         print(f"\nevaluation interrupted; the checkpoint is saved. Redo it with:  "
               f"tinyvae evaluate {folder}", file=sys.stderr)

@@ -189,7 +189,8 @@ def markdown(report: dict) -> str:
                   f"{t['threads']} thread(s), start-up and compilation left out. GEMM floor: "
                   f"{t['floor_images_per_second']:,.0f} images/s (every matrix product of the "
                   f"step at numpy.matmul's {t['blas_gflops']:.0f} GFLOP/s on ({n}, {k}) @ "
-                  f"({k}, {m})), so the step runs at {t['of_floor']:.2f} of its floor.", ""]
+                  f"({k}, {m}), timed {t.get('floor_timed', 'after training')}), so the step "
+                  f"runs at {t['of_floor']:.2f} of its floor.", ""]
     ev = report["eval"]
     lines += ["## Numbers", "",
               f"On {ev['examples']} held-out examples (nats per example; ELBO and IWAE higher "
@@ -392,29 +393,33 @@ def spiral_figure(model, data: RunData, path):
     return fig
 
 
-def throughput(config: dict, input_dim: int, images_per_second: float) -> dict:
+def throughput(config: dict, input_dim: int, images_per_second: float,
+               floor_rate: float | None = None) -> dict:
     """The run's training images/s beside its GEMM floor (bench.floor_images_per_second)
-    on the thread count it trained with."""
+    on the thread count it trained with; floor_rate, numpy.matmul's FLOP/s timed during
+    the training (bench.FloorProbe), or None to time it now."""
     import numba
 
     from tinyvae import bench
 
     threads = numba.get_num_threads()
     batch = config["batch_size"]
-    floor, gflops = bench.floor_images_per_second(config, input_dim, batch, threads)
+    floor, gflops = bench.floor_images_per_second(config, input_dim, batch, threads, floor_rate)
     return {"images_per_second": round(images_per_second, 1), "threads": threads,
             "floor_images_per_second": round(floor, 1), "of_floor": round(images_per_second / floor, 3),
             "blas_gflops": round(gflops, 1),
-            "blas_shape": [batch, input_dim, int(config["hidden"][0])]}
+            "blas_shape": [batch, input_dim, int(config["hidden"][0])],
+            "floor_timed": "during training" if floor_rate is not None else "after training"}
 
 
 def full_report(model, data: RunData, config: dict, folder, train_seconds: float,
                 clock_start: float, progress: bool = True, quick: bool = False,
                 protocols=("fast",), codes: str = "mean",
-                images_per_second: float | None = None) -> dict:
+                images_per_second: float | None = None, floor_rate: float | None = None) -> dict:
     """Evaluate, draw every figure, write report.json and report.md. Returns the report.
 
-    images_per_second (the training's StepClock) adds the throughput and its GEMM floor.
+    images_per_second (the training's StepClock) adds the throughput and its GEMM floor,
+    at floor_rate (the StepClock's, timed during the training) if given.
     """
     # the IWAE weights of unlikely samples underflow to 0 in exp: harmless, by design
     with np.errstate(under="ignore"):
@@ -423,7 +428,8 @@ def full_report(model, data: RunData, config: dict, folder, train_seconds: float
     report["figures"] = write_figures(model, data, folder, report, progress=progress,
                                       quick=quick)
     if images_per_second is not None:
-        report["throughput"] = throughput(config, data.X.shape[1], images_per_second)
+        report["throughput"] = throughput(config, data.X.shape[1], images_per_second,
+                                          floor_rate)
     eval_seconds = time.perf_counter() - clock_start
     report.update(config=config, steps=int(model.step_), train_seconds=round(train_seconds, 2),
                   eval_seconds=round(eval_seconds, 2),

@@ -591,20 +591,40 @@ def stop_at(steps: int):
 
 class StepClock:
     """A fit callback that times the steps between the first and the last log entry:
-    training images per second with the start-up (data, Numba compilation) left out."""
+    training images per second with the start-up (data, Numba compilation) left out.
 
-    def __init__(self, batch_size: int):
-        self.batch_size = batch_size
+    probe (a bench.FloorProbe), sampled at every probe_every-th entry, times the GEMM
+    floor's rate over the same minutes; its own time is left out of the steps'.
+    """
+
+    def __init__(self, batch_size: int, probe=None, probe_every: int = 10):
+        self.batch_size, self.probe, self.probe_every = batch_size, probe, probe_every
         self.first = self.last = None     # (step, perf_counter) at a log entry
+        self.entries = 0
+        # probe time between the first and the last entry, and the latest probe's,
+        # which is inside only once another entry follows it
+        self.probe_seconds, self.pending_seconds = 0.0, 0.0
 
     def __call__(self, model, entry):
-        self.last = (int(model.step_), time.perf_counter())
+        now = time.perf_counter()
+        self.probe_seconds += self.pending_seconds
+        self.pending_seconds = 0.0
+        self.last = (int(model.step_), now)
         self.first = self.first or self.last
+        if self.probe is not None and self.entries % self.probe_every == 0:
+            self.probe.sample()
+            self.pending_seconds = time.perf_counter() - now
+        self.entries += 1
 
     def images_per_second(self) -> float | None:
         if self.first is None or self.last[0] == self.first[0]:
             return None
-        return (self.last[0] - self.first[0]) * self.batch_size / (self.last[1] - self.first[1])
+        seconds = self.last[1] - self.first[1] - self.probe_seconds
+        return (self.last[0] - self.first[0]) * self.batch_size / seconds
+
+    def floor_rate(self) -> float | None:
+        """numpy.matmul's FLOP/s on the first layer's shape during the steps (the probe's)."""
+        return self.probe.rate() if self.probe is not None else None
 
 
 @dataclass
@@ -617,6 +637,7 @@ class TrainResult:
     train_seconds: float    # this session's and earlier sessions' training time
     signal: str | None = None   # what interrupted the run: "SIGINT" or "SIGTERM"
     images_per_second: float | None = None   # this session's steps, start-up left out
+    floor_rate: float | None = None          # numpy.matmul's FLOP/s meanwhile (FloorProbe)
 
 
 # ---------------------------------------------------------------------------------------
@@ -787,7 +808,14 @@ def _train_in_folder(folder, config, model, data, steps, resume, progress, save,
     write_config(folder, config)
     # a process killed outright (SIGKILL) leaves "running" behind: its last checkpoint stands
     save.status(model, "running")
-    check, clock = stop_at(steps), StepClock(min(config["batch_size"], len(data.X)))
+    import numba
+
+    from tinyvae import bench
+
+    batch = min(config["batch_size"], len(data.X))
+    probe = bench.FloorProbe(batch, data.X.shape[1], int(config["hidden"][0]),
+                             numba.get_num_threads())
+    check, clock = stop_at(steps), StepClock(batch, probe)
 
     def callback(model, entry):
         check(model, entry)
@@ -815,4 +843,4 @@ def _train_in_folder(folder, config, model, data, steps, resume, progress, save,
             raise
         save(model, state, **({"signal": stopped_by} if stopped_by else {}))
     return TrainResult(model, data, state, int(model.step_), steps, save.seconds(), stopped_by,
-                       clock.images_per_second())
+                       clock.images_per_second(), clock.floor_rate())

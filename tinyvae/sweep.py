@@ -67,7 +67,8 @@ def train_and_report(config: dict, folder: str, threads: int) -> dict:
     return reports.full_report(result.model, result.data, config, folder, result.train_seconds,
                                time.perf_counter(), progress=False,
                                quick=config.get("quick_eval", False),
-                               images_per_second=result.images_per_second)
+                               images_per_second=result.images_per_second,
+                               floor_rate=result.floor_rate)
 
 
 def run_sweep(config: dict, seeds, root, jobs: int = 2, threads: int = 1) -> list[dict]:
