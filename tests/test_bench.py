@@ -79,7 +79,12 @@ def test_torch_main_job_computes_tinyvaes_loss():
     import tinyvae as tv
     from tinyvae import run
 
-    config = bench.main_job_config(quick=True)
+    for estimator in ("mss", "mws"):
+        _check_torch_main_job_loss(torch, tv, run, {**bench.main_job_config(quick=True),
+                                                    "estimator": estimator})
+
+
+def _check_torch_main_job_loss(torch, tv, run, config):
     side = config["resolution"]
     model = run.build_model(config, side * side, (side, side))
     rng = np.random.default_rng(0)

@@ -372,7 +372,7 @@ def _torch_adam_step(model, x, eps):
 class TorchMainJob:
     """The main job's model and loss in PyTorch: an MLP encoder, the spatial broadcast
     decoder (one network per pixel on [z, x_p, y_p]) and the beta-TCVAE objective with
-    minibatch weighted sampling, as tinyvae's BetaTCVAE computes it (MWS only)."""
+    the config's estimator of log q(z), as tinyvae's BetaTCVAE computes it."""
 
     def __init__(self, config):
         import torch
@@ -380,9 +380,6 @@ class TorchMainJob:
 
         from tinyvae import layers
 
-        if config["estimator"] != "mws":
-            raise ValueError(f"estimator: the PyTorch main job has 'mws' only, got "
-                             f"{config['estimator']!r}")
         self.torch, self.config = torch, config
         side, latent = config["resolution"], config["latent"]
         torch.manual_seed(0)
@@ -410,6 +407,8 @@ class TorchMainJob:
 
     def loss(self, x, eps):
         """Mean over the batch of -log p(x|z) + alpha MI + beta TC + gamma dimension-wise KL."""
+        from tinyvae import losses
+
         torch, c = self.torch, self.config
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         z = mu + torch.exp(0.5 * logvar) * eps
@@ -422,10 +421,11 @@ class TorchMainJob:
             return -0.5 * (log_2pi + logvar + (z - mu) ** 2 * torch.exp(-logvar))
 
         L = log_density(z[:, None], mu[None], logvar[None])              # (B, B, d)
-        log_nb = float(np.log(c["n_train"] * n))
+        lw = torch.from_numpy(losses.log_importance_weights(n, c["n_train"], c["estimator"])
+                              .astype(np.float32))                        # (B, B)
         log_qz_x = log_density(z, mu, logvar).sum(1)
-        log_qz = torch.logsumexp(L.sum(2), 1) - log_nb
-        log_qz_k = (torch.logsumexp(L, 1) - log_nb).sum(1)
+        log_qz = torch.logsumexp(lw + L.sum(2), 1)
+        log_qz_k = torch.logsumexp(lw[:, :, None] + L, 1).sum(1)
         log_pz = (-0.5 * (log_2pi + z ** 2)).sum(1)
         penalty = (c["alpha"] * (log_qz_x - log_qz) + c["beta"] * (log_qz - log_qz_k)
                    + c["gamma"] * (log_qz_k - log_pz))
