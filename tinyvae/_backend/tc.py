@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from tinyvae._backend.numba_flags import njit
+from tinyvae._backend.numba_flags import njit, njit_inline
 from tinyvae._backend.simd import exp_nonpositive, lanes, scalar_like, vload, vmax, vstore
 from tinyvae._backend.threads import part_done, part_started
 
@@ -68,12 +68,16 @@ def _log_density(zik, mu, iv, c, half):
     return c - half * diff * diff * iv
 
 
-@njit
+@njit_inline
 def _row_forward(i, z, muT, ivT, cT, lw, row, a, lane_max, exps, joint, r, peaks, inv_totals,
                  terms):
     """Row i of the forward: terms[:, i], the marginal softmaxes' peaks[i] and
     inv_totals[i], their unnormalised weights exps (d, B), and the joint softmax
-    weights in joint[r]. row, a (B,) and lane_max are scratch."""
+    weights in joint[r]. row, a (B,) and lane_max are scratch.
+
+    Inlined into both kernels (njit_inline): called as a compiled function of its own,
+    the kernel compiled in this process and the one loaded from Numba's cache summed in
+    different orders (1e-6 relative in float32), so a cold run was another run."""
     B, d = z.shape
     half = scalar_like(z, 0.5)
     one = scalar_like(z, 1)
