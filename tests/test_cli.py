@@ -276,7 +276,7 @@ def test_defaults_follow_the_data_set():
     main = runs.resolve_config({"dataset": "dsprites"})
     assert main["model"] == "beta-tcvae" and main["beta"] == 20.0 and main["latent"] == 10
     assert (main["decoder"], main["decoder_hidden"], main["batch_size"]) == ("broadcast", [32, 32], 128)
-    assert main["alpha"] == 1.0 and main["gamma"] == 1.0 and main["estimator"] == "mss"
+    assert main["alpha"] == 1.0 and main["gamma"] == 1.0 and main["estimator"] == "mws"
     assert main["steps"] is not None and main["epochs"] is None
     # the beta-VAE keeps the recipe it was tuned with
     bvae = runs.resolve_config({"dataset": "dsprites", "model": "beta-vae"})

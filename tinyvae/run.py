@@ -70,7 +70,7 @@ _DEFAULT_LR = {"adam": 1e-3, "adagrad": 1e-2, "sgd": 1e-2}
 #: Per data set, the defaults of every training option. The dSprites entry is the
 #: main job, tuned to disentangle within the time budget (see experiments/main_job.md).
 RECIPES = {
-    "dsprites": dict(model="beta-tcvae", alpha=1.0, beta=20.0, gamma=1.0, estimator="mss",
+    "dsprites": dict(model="beta-tcvae", alpha=1.0, beta=20.0, gamma=1.0, estimator="mws",
                      latent=10, hidden=[256, 256], decoder="broadcast", decoder_hidden=[32, 32],
                      resolution=32, n_train=100_000, steps=8_000, epochs=None, batch_size=128,
                      optimizer="adam", lr=1e-3, kl_warmup=0, activation="relu"),
