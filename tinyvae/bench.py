@@ -394,6 +394,18 @@ class TorchMainJob:
                                                                         strict=True))
         self.dec_out = nn.Linear(h[-1], 1)
         self.modules = [self.encoder, self.dec_z, self.dec_xy, self.dec_hidden, self.dec_out]
+        self._log_weights = {}
+
+    def log_weights(self, n):
+        """log w (n, n) of the config's estimator as a float32 tensor, made once per batch
+        size (as tinyvae's BetaTCVAE.log_weights), not in every step."""
+        if n not in self._log_weights:
+            from tinyvae import losses
+
+            c = self.config
+            self._log_weights[n] = self.torch.from_numpy(losses.log_importance_weights(
+                n, c["n_train"], c["estimator"]).astype(np.float32))
+        return self._log_weights[n]
 
     def parameters(self):
         return [p for m in self.modules for p in m.parameters()]
@@ -407,8 +419,6 @@ class TorchMainJob:
 
     def loss(self, x, eps):
         """Mean over the batch of -log p(x|z) + alpha MI + beta TC + gamma dimension-wise KL."""
-        from tinyvae import losses
-
         torch, c = self.torch, self.config
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         z = mu + torch.exp(0.5 * logvar) * eps
@@ -421,8 +431,7 @@ class TorchMainJob:
             return -0.5 * (log_2pi + logvar + (z - mu) ** 2 * torch.exp(-logvar))
 
         L = log_density(z[:, None], mu[None], logvar[None])              # (B, B, d)
-        lw = torch.from_numpy(losses.log_importance_weights(n, c["n_train"], c["estimator"])
-                              .astype(np.float32))                        # (B, B)
+        lw = self.log_weights(n)                                          # (B, B)
         log_qz_x = log_density(z, mu, logvar).sum(1)
         log_qz = torch.logsumexp(lw + L.sum(2), 1)
         log_qz_k = torch.logsumexp(lw[:, :, None] + L, 1).sum(1)
@@ -505,14 +514,9 @@ class FloorProbe:
 
     def sample(self):
         with thread_limit(self.threads):
-            end = time.perf_counter() + self.warm_seconds
-            while time.perf_counter() < end:
-                self._product()
-            times = []
-            for _ in range(self.calls):
-                start = time.perf_counter()
-                self._product()
-                times.append(time.perf_counter() - start)
+            (times,) = interleaved_times([self._product], min_time=0.0, min_reps=self.calls,
+                                         warmup=0, block=self.calls, settle=0,
+                                         settle_seconds=self.warm_seconds)
         self.rates.append(self._flops / median(times))
 
     def rate(self):
