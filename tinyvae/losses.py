@@ -402,19 +402,18 @@ def tc_penalty_forward(z, mu, logvar, log_weights, alpha, beta, gamma, compute_g
     Returns: penalty (float), parts {"mi", "tc", "dwkl"} (batch means, floats), cache
     """
     compiled = kernels.compiled()
-    unit_grads = None
-    if compiled is not None and compute_grads:
-        terms, unit_grads = compiled.tc_terms_forward_backward(
-            z, mu, logvar, log_weights, *_tc_upstream(1.0, z, alpha, beta, gamma))
-        terms_cache = None
-    elif compiled is not None:
-        terms, terms_cache = compiled.tc_terms_forward(z, mu, logvar, log_weights)
-    if compiled is not None:
-        log_qz_x, log_qz, log_qz_marginals = terms
-        log_pz = standard_normal_log_density(z)
-    else:
+    terms_cache = unit_grads = None
+    if compiled is None:
         log_qz_x, log_qz, log_qz_marginals, log_pz, terms_cache = tc_terms_forward(
             z, mu, logvar, log_weights)
+    else:
+        if compute_grads:
+            terms, unit_grads = compiled.tc_terms_forward_backward(
+                z, mu, logvar, log_weights, *_tc_upstream(1.0, z, alpha, beta, gamma))
+        else:
+            terms, terms_cache = compiled.tc_terms_forward(z, mu, logvar, log_weights)
+        log_qz_x, log_qz, log_qz_marginals = terms
+        log_pz = standard_normal_log_density(z)
     parts = {"mi": float(np.mean(log_qz_x - log_qz)),
              "tc": float(np.mean(log_qz - log_qz_marginals)),
              "dwkl": float(np.mean(log_qz_marginals - log_pz))}
