@@ -1,10 +1,19 @@
-"""The half-width vector operations the GEMM's narrow tail kernel is written with."""
+"""The half-width vector operations the GEMM's narrow tail kernel is written with, and the
+scalar add that fast-math may not regroup."""
 
 import numpy as np
 import pytest
 
 from tinyvae._backend.numba_flags import njit
-from tinyvae._backend.simd import VECTOR_BYTES, vbroadcast_like, vfma, vload_like, vstore, vzero_half
+from tinyvae._backend.simd import (
+    VECTOR_BYTES,
+    add_in_order,
+    vbroadcast_like,
+    vfma,
+    vload_like,
+    vstore,
+    vzero_half,
+)
 
 
 @njit
@@ -25,3 +34,23 @@ def test_half_vectors_are_half_a_register_and_touch_only_their_lanes(dtype):
     expected = np.full(3 * half, np.nan, dtype)
     expected[1:1 + half] = -2.0 * x[3:3 + half]
     np.testing.assert_array_equal(out, expected)
+
+
+@njit
+def _sum_in_order(x):
+    total = x[0]
+    for j in range(1, x.size):
+        total = add_in_order(total, x[j])
+    return total
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_in_order_sums_as_written_under_fast_math(dtype):
+    """The adds carry no reassociation flag (Numba's fast-math pass gives one to every float
+    add without flags of its own), and the sum is the left-to-right one: 1 is lost in
+    1e20 first, where a regrouped sum (1e20 - 1e20 first) would keep it."""
+    x = np.array([1.0, 1e20, -1e20] * 7, dtype)
+    assert _sum_in_order(x) == 0
+    ir = next(iter(_sum_in_order.inspect_llvm().values()))
+    adds = [line for line in ir.splitlines() if " fadd " in line]
+    assert adds and all("reassoc" not in line and "fast" not in line for line in adds)

@@ -43,6 +43,7 @@ from tinyvae._backend.fused import (
 )
 from tinyvae._backend.numba_flags import njit, njit_inline
 from tinyvae._backend.simd import (
+    add_in_order,
     lanes,
     transpose_block,
     vbroadcast,
@@ -148,12 +149,12 @@ def _lane_products(x, off, w, K):
 @njit
 def _dot(x, off, w, K, lane_sums):
     """sum_k x[off + k] w[k] in a fixed order: _lane_products, then the lanes added one by
-    one (a reduction left to the compiler could be reordered differently in another
-    compilation, and change the bits)."""
+    one (add_in_order: a fast-math chain of adds was regrouped into a tree where _dot
+    was inlined into _output_layer's tail, on Intel with AVX-512, and not elsewhere)."""
     vstore(lane_sums, 0, _lane_products(x, off, w, K))
     total = lane_sums[0]
     for j in range(1, lanes(x)):
-        total += lane_sums[j]
+        total = add_in_order(total, lane_sums[j])
     return total
 
 

@@ -333,6 +333,26 @@ def vsqrt(typingctx, a):
 
 
 @intrinsic
+def add_in_order(typingctx, a, b):
+    """a + b for two scalars of one float type, kept in the order written.
+
+    Numba's fast-math pass gives reassociation to every float add that has no flags
+    of its own, and LLVM may regroup a chain of such adds into a tree, in one caller and
+    not in another (a sum inlined into a loop over pixels, on Intel with AVX-512). This
+    add carries "nsz" only, so the pass leaves it alone and the chain keeps its order.
+    """
+    if not (isinstance(a, types.Float) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        total = builder.fadd(args[0], args[1])
+        total.flags.append("nsz")
+        return total
+
+    return a(a, b), codegen
+
+
+@intrinsic
 def scalar_like(typingctx, x, s):
     """The scalar s converted to x's dtype (keeps float32 loops in float32)."""
     if not _float_array(x) or not isinstance(s, (types.Float, types.Integer, types.Boolean)):
