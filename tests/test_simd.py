@@ -1,10 +1,11 @@
 """The half-width vector operations the GEMM's narrow tail kernel is written with, and the
 scalar add that fast-math may not regroup."""
 
+import numba
 import numpy as np
 import pytest
 
-from tinyvae._backend.numba_flags import njit
+from tinyvae._backend.numba_flags import FASTMATH, njit
 from tinyvae._backend.simd import (
     VECTOR_BYTES,
     add_in_order,
@@ -36,7 +37,9 @@ def test_half_vectors_are_half_a_register_and_touch_only_their_lanes(dtype):
     np.testing.assert_array_equal(out, expected)
 
 
-@njit
+# compiled in every run, not loaded from Numba's cache (a cached function has no LLVM IR
+# to inspect), with the kernels' fast-math flags
+@numba.njit(fastmath=FASTMATH)
 def _sum_in_order(x):
     total = x[0]
     for j in range(1, x.size):
