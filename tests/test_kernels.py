@@ -227,7 +227,8 @@ def test_gemm_narrow_outputs(rng, n, form, dtype):
                                      (257, 40, 37), (400, 64, 200)])
 def test_gemm_each_row_has_the_bits_it_has_alone(rng, m, k, n, form, dtype):
     # one row alone goes through a padded edge tile; in a bigger product it is in a full
-    # 6-row tile, a 12-row narrow tile (the last panel narrower than two vectors, a vector
+    # 6-row tile, a 12-row tile of two row panels (AVX-512), a 12-row narrow tile (the last
+    # panel narrower than two vectors, a vector
     # of columns at a time, on half vectors for a piece at most half a vector wide), a
     # balanced block of A, or a tile of C large enough to be
     # prefetched (400 x 200). Every path must run the same FMAs in the same order.
