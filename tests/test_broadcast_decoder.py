@@ -410,3 +410,34 @@ def test_tile_finishes_give_the_bits_of_their_separate_passes(dtype):
     fused.activation_grad_into(as_is, gate, relu, dtype(0), want)
     got = product(pixel_net.TIMES_RELU_SLOPE, gate)
     np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{got.itemsize}"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("a_form", ["rows", "columns"])
+def test_tile_products_rows_have_the_bits_of_four_row_tiles(dtype, accumulate, a_form):
+    """On AVX-512 tile_products runs 8-row tiles (_tall_tile_products) and a 4-row tail; every
+    row must get the bits it gets from 4-row tiles alone (a call per 4 rows), with A read
+    by rows (x @ W) or by columns (x.T @ d), stored as is or onto C (accumulate)."""
+    from tinyvae._backend import pixel_net
+    from tinyvae._backend.simd import VECTOR_BYTES
+
+    L = VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(5)
+    M, T, N = 20, 37, 2 * L                     # 2 tall tiles + a 4-row tail on AVX-512
+    A = rng.standard_normal(M * T).astype(dtype)
+    a_rs, a_ts = (T, 1) if a_form == "rows" else (1, M)
+    B = rng.standard_normal(T * N).astype(dtype)
+    bias = rng.standard_normal(N).astype(dtype)
+    start = rng.standard_normal(M * N).astype(dtype)
+    acc, finish = np.bool_(accumulate), np.int64(pixel_net.AS_IS)
+
+    whole = start.copy()
+    pixel_net.tile_products(A, 0, a_rs, a_ts, B, 0, N, T, whole, 0, N, M, N, bias, acc,
+                            finish, whole)
+    by_four = start.copy()
+    for m in range(0, M, 4):
+        pixel_net.tile_products(A, m * a_rs, a_rs, a_ts, B, 0, N, T, by_four, m * N, N, 4, N,
+                                bias, acc, finish, by_four)
+    np.testing.assert_array_equal(whole.view(f"u{whole.itemsize}"),
+                                  by_four.view(f"u{whole.itemsize}"))

@@ -15,9 +15,12 @@ Lane count follows the array's dtype: ``lanes(x) == VECTOR_BYTES // x.itemsize``
 All memory operations take a 1-D contiguous array and a flat element index and do
 no bounds checking (the caller guarantees ``i + lanes <= x.size``).
 
-The width changes the order of some sums, so results are the same to the bit on
-every machine with the same vector width (and any thread count), not across widths.
-Numba's on-disk cache is kept per CPU, so a cache never mixes the two.
+The width changes the order of some sums, and LLVM tunes the code it makes for the CPU
+it compiles for (where fast-math lets it regroup a sum, it may do so on one CPU and not
+on another), so results are the same to the bit on one machine, for any thread count,
+cold or cached, but not always across CPUs: a Zen 4 and an Intel Xeon, both AVX-512,
+trained the main job to different last bits. Numba's on-disk cache is kept per CPU, so
+a cache never mixes them.
 """
 
 from __future__ import annotations
