@@ -1,5 +1,5 @@
-"""The half-width vector operations the GEMM's narrow tail kernel is written with, and the
-scalar add that fast-math may not regroup."""
+"""The half-width vector operations the GEMM's narrow tail kernel is written with, the
+scalar add that fast-math may not regroup, and the index LLVM may not fold into another."""
 
 import numba
 import numpy as np
@@ -9,6 +9,7 @@ from tinyvae._backend.numba_flags import FASTMATH, njit
 from tinyvae._backend.simd import (
     VECTOR_BYTES,
     add_in_order,
+    opaque,
     vbroadcast_like,
     vfma,
     vload_like,
@@ -57,3 +58,31 @@ def test_add_in_order_sums_as_written_under_fast_math(dtype):
     ir = next(iter(_sum_in_order.inspect_llvm().values()))
     adds = [line for line in ir.splitlines() if " fadd " in line]
     assert adds and all("reassoc" not in line and "fast" not in line for line in adds)
+
+
+@numba.njit(fastmath=FASTMATH)
+def _three_rows_sum(x, stride, steps):
+    """sum over p < steps of x[p] + x[stride + p] + x[2 stride + p], each row's index its
+    own (opaque) register, as the GEMM's in-place kernels walk the rows of A."""
+    total = x[0] * 0
+    i0, i1, i2 = 0, stride, 2 * stride
+    for _ in range(steps):
+        total += x[i0] + x[i1] + x[i2]
+        i0, i1, i2 = opaque(i0 + 1), opaque(i1 + 1), opaque(i2 + 1)
+    return total
+
+
+def test_opaque_is_the_identity_and_hides_the_index_from_llvm():
+    """Each index stays the value it is given (the sum is NumPy's), and every update goes
+    through an inline asm that LLVM cannot see through, so its loop strength reduction
+    cannot fold the three indices into one pointer walked by a chain of adds."""
+    x = np.arange(35, dtype=np.float64)
+    assert _three_rows_sum(x, 7, 5) == x.reshape(5, 7)[:3, :5].sum()
+    ir = next(iter(_three_rows_sum.inspect_llvm().values()))
+    calls = ir.count('call i64 asm "", "=r,0"')
+    assert calls >= 3 and calls % 3 == 0
+
+
+def test_opaque_accepts_integers_only():
+    with pytest.raises(numba.TypingError):
+        numba.njit(lambda v: opaque(v))(1.5)

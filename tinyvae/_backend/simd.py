@@ -356,6 +356,27 @@ def add_in_order(typingctx, a, b):
 
 
 @intrinsic
+def opaque(typingctx, i):
+    """i itself, through an empty inline asm: LLVM cannot relate the result to other
+    values, so it keeps an index of its own in a register.
+
+    A GEMM kernel reading rows of A in place walks 12 row indices that all move by the
+    same step. LLVM's loop strength reduction folds them into one pointer, rebuilt by a
+    chain of 12 dependent adds every step (12 cycles for 6 cycles of FMAs). Passing each
+    panel's row indices through this keeps them separate; each row is then one of them
+    plus 0, 1 or 2 row strides, which an x86 address computes for free.
+    """
+    if not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ty = context.get_value_type(sig.return_type)
+        return builder.asm(ir.FunctionType(ty, [ty]), "", "=r,0", [args[0]], False)
+
+    return i(i), codegen
+
+
+@intrinsic
 def scalar_like(typingctx, x, s):
     """The scalar s converted to x's dtype (keeps float32 loops in float32)."""
     if not _float_array(x) or not isinstance(s, (types.Float, types.Integer, types.Boolean)):
