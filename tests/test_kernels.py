@@ -445,8 +445,8 @@ def test_reparam_kl_matches_reference(rng, kind, dtype):
 # optimizer updates
 # ----------------------------------------------------------------------------
 
-#: sizes around the vector width (8 / 4 lanes) and above the multithreading threshold
-UPDATE_SIZES = (1, 7, 8, 9, 1001, 300_007)
+#: empty, sizes around the vector width (8 / 4 lanes) and above the multithreading threshold
+UPDATE_SIZES = (0, 1, 7, 8, 9, 1001, 300_007)
 
 
 def run_updates(update, size, dtype, steps, rng, n_state, **hyper):

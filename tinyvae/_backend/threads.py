@@ -347,8 +347,9 @@ def run_parts(kernel, parts) -> None:
     If another thread is already using the workers, the parts run here one after
     another: the same results, computed without parallelism.
     """
-    if len(parts) == 1:
-        kernel(*parts[0], NO_PROGRESS)
+    if len(parts) <= 1:  # (no parts: an empty range, nothing to do)
+        for args in parts:
+            kernel(*args, NO_PROGRESS)
         return
     pool = _the_pool()
     if not pool.busy.acquire(blocking=False):
