@@ -176,6 +176,33 @@ def test_pixel_decoder_kernel_gives_the_same_bits_on_any_thread_count():
     for a, b in zip(*runs_by_threads, strict=True):
         np.testing.assert_array_equal(a, b)
 
+def test_fused_decoder_loss_gives_the_same_bits_on_any_thread_count():
+    """The fused kernel's threads take images one at a time as they come free
+    (threads.claim), so which thread runs an image changes from call to call; the results
+    must not."""
+    import numba
+
+    from tinyvae import losses
+
+    rng = np.random.default_rng(11)
+    z, coords, first, dense, out = random_pixel_decoder(rng, np.float32, 37, 10, (16, 16),
+                                                        (32, 32))
+    x = (rng.random((37, 256)) < 0.4).astype(np.float32)
+    before, runs = numba.get_num_threads(), []
+    try:
+        for threads in (1, numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            with tv.use_backend("numba"):
+                nll, dlogits, grads = losses.pixel_decoder_bernoulli_nll(
+                    z, coords, first, dense, out, x, 0.5)
+            runs.append([nll, dlogits, *flat_grads(grads)])
+    finally:
+        numba.set_num_threads(before)
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_a_kept_forward_cache_gives_its_own_gradients_after_other_forwards():
     """The compiled decoder's cache keeps its own copies of the network's arrays (its
     backward computes the layers again from them): forwards of other latents, and the

@@ -550,6 +550,33 @@ def test_run_parts_runs_every_part_once_even_with_more_parts_than_cores():
         np.testing.assert_array_equal(x, 0.5 + np.arange(100))
 
 
+@njit_kernel
+def _claim_all(counter, n, taken, work, progress):
+    _threads.part_started(progress)
+    i = _threads.claim(counter)
+    while i < n:
+        # ~1 us of work an index (kept, in work), so that the parts run at the same time
+        x = work[i]
+        for _ in range(300):
+            x = x * 0.999 + 1.0
+        work[i] = x
+        taken[i] += 1
+        i = _threads.claim(counter)
+    _threads.part_done(progress)
+
+
+def test_claim_gives_every_index_to_exactly_one_part():
+    """Parts sharing a counter (more parts than cores) take every index exactly once
+    between them, and the counter ends one claim a part past the end (the claim that told
+    the part to stop). A claim that is not one atomic step gives some index twice."""
+    n = 3_000
+    for _ in range(10):
+        counter, taken, work = np.zeros(1, np.int64), np.zeros(n, np.int64), np.zeros(n)
+        _threads.run_parts(_claim_all, [(counter, n, taken, work)] * 5)
+        np.testing.assert_array_equal(taken, 1)
+        assert counter[0] == n + 5
+
+
 def test_run_parts_wakes_a_sleeping_worker():
     # a worker sleeps after ~1 ms without work; each call must still get all its parts done
     x = np.zeros(100)

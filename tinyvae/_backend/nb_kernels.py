@@ -56,6 +56,13 @@ def _run_ranges(kernel, args, n, parts, multiple=1):
     run_parts(kernel, [(*args, lo, hi) for lo, hi in split(n, parts, multiple)])
 
 
+def _run_claimed(kernel, args, n, parts):
+    """kernel(*args, counter, n) on `parts` threads (at most n) that take the indices of
+    [0, n) one at a time from a shared counter (threads.claim)."""
+    counter = np.zeros(1, np.int64)
+    run_parts(kernel, [(*args, counter, n)] * max(1, min(parts, n)))
+
+
 # ----------------------------------------------------------------------------
 # dense layer and activations
 # ----------------------------------------------------------------------------
@@ -376,5 +383,5 @@ def pixel_decoder_bernoulli_nll(z, coords, first, hidden, out, x, grad_scale, ac
     args = (net.zW, net.cwb, net.Ws, net.bs, net.w_out, net.b_out, x,
             dtype.type(grad_scale), net.coords, net.WTs, net.dims, net.P, net.Pp,
             act_code, dtype.type(alpha), nll, logits, dlogits, *grads)
-    _run_ranges(_pixel_net.train_images, args, n, net.parts)
+    _run_claimed(_pixel_net.train_images, args, n, net.parts)
     return nll, dlogits.reshape(n, net.P), _pixel_gradients(z, first[0], dlogits, net, *grads)

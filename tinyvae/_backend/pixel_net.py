@@ -53,7 +53,7 @@ from tinyvae._backend.simd import (
     vsplat,
     vstore,
 )
-from tinyvae._backend.threads import part_done, part_started
+from tinyvae._backend.threads import claim, part_done, part_started
 
 #: pixel rows of one register tile; every image's rows are padded to a multiple of it
 TILE_ROWS = 4
@@ -440,20 +440,27 @@ def backward_images(zW, cwb, Ws, bs, dlogits, coords, WTs, w_out, dims, P, Pp, a
 
 @njit
 def train_images(zW, cwb, Ws, bs, w_out, b_out, x, grad_scale, coords, WTs, dims, P, Pp, act,
-                 alpha, nll, logits, dlogits, dWs, dbs, dw_out, g, gxy, lo, hi, progress):
-    """Images lo..hi, each in one go: its hidden layers, logits, Bernoulli NLL against
+                 alpha, nll, logits, dlogits, dWs, dbs, dw_out, g, gxy, next_image, n, progress):
+    """Images 0..n-1, each in one go: its hidden layers, logits, Bernoulli NLL against
     x (n P) with dlogits = grad_scale (sigmoid(logits) - x) (fused.bernoulli_row), and
     its backward while its layers are still in cache. nll (n); the rest as
-    forward_images and backward_images take them."""
+    forward_images and backward_images take them.
+
+    Every part of a run_parts call takes the next image from next_image (threads.claim)
+    until none is left: an image writes only its own rows of the outputs (its own slots of
+    the weight gradients too, summed later in image order), so the bits do not depend on
+    which thread ran it."""
     part_started(progress)
     layers = _scratch_layers(dims, Pp, w_out.dtype)
     block = np.empty(2 * lanes(w_out) ** 2, w_out.dtype)
     d, e, zeros = _backward_scratch(dims, Pp, w_out.dtype)
-    for i in range(lo, hi):
+    i = claim(next_image)
+    while i < n:
         _hidden_layers(zW, cwb, Ws, bs, layers, i, dims, Pp, act, alpha)
         _output_layer(layers[dims.size - 1], i, P, dims[-1], w_out, b_out, logits, block)
         lo_p, hi_p = i * P, (i + 1) * P
         nll[i] = bernoulli_row(logits[lo_p:hi_p], x[lo_p:hi_p], grad_scale, dlogits[lo_p:hi_p])
         _image_backward(dlogits, coords, layers, WTs, w_out, dims, P, Pp, act, alpha, dWs, dbs,
                         dw_out, g, gxy, i, d, e, zeros)
+        i = claim(next_image)
     part_done(progress)
