@@ -203,7 +203,7 @@ def tc_terms_forward(z, mu, logvar, log_weights):
 
 
 #: rows whose dmu, dlogvar one block of tc_forward_backward_rows sums: fixed, so that the
-#: sums do not depend on the number of threads (every split is on a multiple of it)
+#: sums do not depend on the number of threads (threads take whole blocks)
 TC_ROWS_PER_PART = 64
 
 
@@ -230,9 +230,9 @@ def tc_terms_forward_backward(z, mu, logvar, log_weights, g_own, g_joint, g_marg
     n_parts = -(-B // TC_ROWS_PER_PART)
     dmu_parts = np.empty((n_parts, d, B), z.dtype)
     dlogvar_parts = np.empty((n_parts, d, B), z.dtype)
-    _run_ranges(_tc.tc_forward_backward_rows, (*inputs, *upstream, terms, dz, dmu_parts,
-                                               dlogvar_parts, TC_ROWS_PER_PART), B,
-                _chunks(B * B * d, _fused.PARALLEL_MIN_SIZE), TC_ROWS_PER_PART)
+    _run_claimed(_tc.tc_forward_backward_rows, (*inputs, *upstream, terms, dz, dmu_parts,
+                                                dlogvar_parts, TC_ROWS_PER_PART), n_parts,
+                 _chunks(B * B * d, _fused.PARALLEL_MIN_SIZE))
     # the blocks in order: numpy adds the slices of axis 0 one after another
     return terms, (dz, np.ascontiguousarray(dmu_parts.sum(axis=0).T),
                    np.ascontiguousarray(dlogvar_parts.sum(axis=0).T))

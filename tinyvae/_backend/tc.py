@@ -33,7 +33,7 @@ import numpy as np
 
 from tinyvae._backend.numba_flags import njit, njit_inline
 from tinyvae._backend.simd import exp_nonpositive, lanes, scalar_like, vload, vmax, vstore
-from tinyvae._backend.threads import part_done, part_started
+from tinyvae._backend.threads import claim, part_done, part_started
 
 
 @njit
@@ -138,16 +138,18 @@ def tc_forward_rows(z, muT, ivT, cT, lw, joint, peaks, inv_totals, terms, lo, hi
 
 @njit
 def tc_forward_backward_rows(z, muT, ivT, cT, lw, g_own, g_joint, g_marginal, g_prior, terms,
-                             dz, dmuT_parts, dlogvarT_parts, rows_per_part, lo, hi, progress):
-    """Rows lo..hi of the forward and of the backward for the upstream gradients g_*
-    (B,): what tc_forward_rows and then tc_backward_dims give, in one walk.
+                             dz, dmuT_parts, dlogvarT_parts, rows_per_part, next_block, n_blocks,
+                             progress):
+    """The forward and the backward for the upstream gradients g_* (B,) of the rows
+    in blocks of rows_per_part: what tc_forward_rows and then tc_backward_dims give, in
+    one walk.
 
     Each row keeps its marginal weights (d, B) and joint weights (B,) from its
     forward for its backward, so no exp is made twice. dz_i is the row's own;
-    dmu and dlogvar sum over rows, so each block of rows_per_part rows p adds its
-    rows into dmuT_parts[p], dlogvarT_parts[p] (d, B), and the caller sums the
-    blocks in order: lo, hi are multiples of rows_per_part, and the sums do not
-    depend on the number of threads.
+    dmu and dlogvar sum over rows, so each block p adds its rows, in order, into
+    dmuT_parts[p], dlogvarT_parts[p] (d, B), and the caller sums the blocks in order.
+    Threads take the blocks one at a time from next_block (threads.claim), so a thread
+    on a faster core takes more; the sums do not depend on which thread ran a block.
     """
     part_started(progress)
     B, d = z.shape
@@ -157,6 +159,23 @@ def tc_forward_backward_rows(z, muT, ivT, cT, lw, g_own, g_joint, g_marginal, g_
     lane_max = np.empty(lanes(row), z.dtype)
     exps, joint = np.empty((d, B), z.dtype), np.empty((1, B), z.dtype)
     peaks, inv_totals = np.empty((B, d), z.dtype), np.empty((B, d), z.dtype)
+    block = claim(next_block)
+    while block < n_blocks:
+        _block_forward_backward(z, muT, ivT, cT, lw, g_own, g_joint, g_marginal, g_prior,
+                                terms, dz, dmuT_parts, dlogvarT_parts, rows_per_part, block,
+                                half, one, row, a, lane_max, exps, joint, peaks, inv_totals)
+        block = claim(next_block)
+    part_done(progress)
+
+
+@njit_inline
+def _block_forward_backward(z, muT, ivT, cT, lw, g_own, g_joint, g_marginal, g_prior, terms,
+                            dz, dmuT_parts, dlogvarT_parts, rows_per_part, block, half, one,
+                            row, a, lane_max, exps, joint, peaks, inv_totals):
+    """tc_forward_backward_rows on the rows of one block."""
+    B, d = z.shape
+    lo = block * rows_per_part
+    hi = min(B, lo + rows_per_part)
     for i in range(lo, hi):
         _row_forward(i, z, muT, ivT, cT, lw, row, a, lane_max, exps, joint, 0, peaks,
                      inv_totals, terms)
@@ -182,7 +201,6 @@ def tc_forward_backward_rows(z, muT, ivT, cT, lw, g_own, g_joint, g_marginal, g_
             dmuT_parts[p, k, i] += GD
             dlogvarT_parts[p, k, i] += g_self * half * (diff * diff * ivT[k, i] - one)
             dz[i, k] = -dz_sum - g_prior[i] * zik
-    part_done(progress)
 
 
 @njit
