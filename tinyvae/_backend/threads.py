@@ -86,14 +86,19 @@ def _load_acquire(typingctx, flags, i):
     return types.int64(flags, i), codegen
 
 
+def _flag_and_value(context, builder, sig, args):
+    """For an intrinsic (flags, i, value): the pointer to flags[i], and value as an int64."""
+    return (_indexed_pointer(context, builder, sig, args[:2]),
+            context.cast(builder, args[2], sig.args[2], types.int64))
+
+
 def _atomic_store(ordering):
     def store(typingctx, flags, i, value):
         if not _int64_flags(flags):
             return None
 
         def codegen(context, builder, sig, args):
-            ptr = _indexed_pointer(context, builder, sig, args[:2])
-            value = context.cast(builder, args[2], sig.args[2], types.int64)
+            ptr, value = _flag_and_value(context, builder, sig, args)
             builder.store_atomic(value, ptr, ordering, align=8)
             return context.get_dummy_value()
 
@@ -109,8 +114,7 @@ def _fetch_add(typingctx, flags, i, value):
         return None
 
     def codegen(context, builder, sig, args):
-        ptr = _indexed_pointer(context, builder, sig, args[:2])
-        value = context.cast(builder, args[2], sig.args[2], types.int64)
+        ptr, value = _flag_and_value(context, builder, sig, args)
         return builder.atomic_rmw("add", ptr, value, "monotonic")
 
     return types.int64(flags, i, value), codegen
