@@ -352,7 +352,7 @@ def pixel_decoder_forward(z, coords, first, hidden, out, act_code, alpha):
     logits = np.empty(n * net.P, z.dtype)
     args = (net.zW, net.cwb, net.Ws, net.bs, net.w_out, net.b_out, logits,
             net.dims, net.P, net.Pp, act_code, z.dtype.type(alpha))
-    _run_ranges(_pixel_net.forward_images, args, n, net.parts)
+    _run_claimed(_pixel_net.forward_images, args, n, net.parts)
     return logits.reshape(n, net.P), (z, first[0], net, act_code, alpha)
 
 
@@ -365,7 +365,7 @@ def pixel_decoder_backward(dlogits, cache):
     grads = _pixel_gradient_arrays(n, net, dtype)
     args = (net.zW, net.cwb, net.Ws, net.bs, dlogits, net.coords, net.WTs,
             net.w_out, net.dims, net.P, net.Pp, act_code, dtype.type(alpha), *grads)
-    _run_ranges(_pixel_net.backward_images, args, n, net.parts)
+    _run_claimed(_pixel_net.backward_images, args, n, net.parts)
     return _pixel_gradients(z, Wz, dlogits, net, *grads)
 
 

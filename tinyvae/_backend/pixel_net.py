@@ -291,15 +291,18 @@ def _hidden_layers(zW, cwb, Ws, bs, layers, i, dims, Pp, act, alpha):
 
 
 @njit
-def forward_images(zW, cwb, Ws, bs, w_out, b_out, logits, dims, P, Pp, act, alpha, lo, hi,
-                   progress):
-    """logits (n P) of images lo..hi; w_out (H_K,), b_out scalar; the rest as _hidden_layers."""
+def forward_images(zW, cwb, Ws, bs, w_out, b_out, logits, dims, P, Pp, act, alpha, next_image,
+                   n, progress):
+    """logits (n P) of images 0..n-1, each taken from next_image as train_images takes
+    them; w_out (H_K,), b_out scalar; the rest as _hidden_layers."""
     part_started(progress)
     layers = _scratch_layers(dims, Pp, w_out.dtype)
     block = np.empty(2 * lanes(w_out) ** 2, w_out.dtype)
-    for i in range(lo, hi):
+    i = claim(next_image)
+    while i < n:
         _hidden_layers(zW, cwb, Ws, bs, layers, i, dims, Pp, act, alpha)
         _output_layer(layers[dims.size - 1], i, P, dims[-1], w_out, b_out, logits, block)
+        i = claim(next_image)
     part_done(progress)
 
 
@@ -425,16 +428,19 @@ def _image_backward(dlogits, coords, layers, WTs, w_out, dims, P, Pp, act, alpha
 
 @njit
 def backward_images(zW, cwb, Ws, bs, dlogits, coords, WTs, w_out, dims, P, Pp, act, alpha,
-                    dWs, dbs, dw_out, g, gxy, lo, hi, progress):
-    """The backward of images lo..hi: each image's hidden layers again (_hidden_layers),
-    then _image_backward. Arguments as those two take them."""
+                    dWs, dbs, dw_out, g, gxy, next_image, n, progress):
+    """The backward of images 0..n-1, each taken from next_image as train_images takes
+    them: its hidden layers again (_hidden_layers), then _image_backward. Arguments as
+    those two take them."""
     part_started(progress)
     layers = _scratch_layers(dims, Pp, w_out.dtype)
     d, e, zeros = _backward_scratch(dims, Pp, w_out.dtype)
-    for i in range(lo, hi):
+    i = claim(next_image)
+    while i < n:
         _hidden_layers(zW, cwb, Ws, bs, layers, i, dims, Pp, act, alpha)
         _image_backward(dlogits, coords, layers, WTs, w_out, dims, P, Pp, act, alpha, dWs, dbs,
                         dw_out, g, gxy, i, d, e, zeros)
+        i = claim(next_image)
     part_done(progress)
 
 
