@@ -172,17 +172,16 @@ def tc_forward_backward_rows(z, muT, ivT, cT, lw, g_own, g_joint, g_marginal, g_
 def _block_forward_backward(z, muT, ivT, cT, lw, g_own, g_joint, g_marginal, g_prior, terms,
                             dz, dmuT_parts, dlogvarT_parts, rows_per_part, block, half, one,
                             row, a, lane_max, exps, joint, peaks, inv_totals):
-    """tc_forward_backward_rows on the rows of one block."""
+    """tc_forward_backward_rows on the rows of one block, summed into its slot p = block."""
     B, d = z.shape
     lo = block * rows_per_part
     hi = min(B, lo + rows_per_part)
+    p = block
+    dmuT_parts[p] = 0
+    dlogvarT_parts[p] = 0
     for i in range(lo, hi):
         _row_forward(i, z, muT, ivT, cT, lw, row, a, lane_max, exps, joint, 0, peaks,
                      inv_totals, terms)
-        p = i // rows_per_part
-        if i % rows_per_part == 0:
-            dmuT_parts[p] = 0
-            dlogvarT_parts[p] = 0
         gj, gm, g_self = g_joint[i], g_marginal[i], g_own[i]
         for k in range(d):
             zik, gm_k = z[i, k], gm * inv_totals[i, k]
