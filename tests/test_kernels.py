@@ -248,6 +248,63 @@ def test_gemm_read_only_inputs(rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, n", [(64, 512), (256, 256), (130, 300), (512, 256), (784, 512),
+                                  (1024, 784), (301, 40), (13, 8), (40, 1000)])
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 8])
+def test_gemm_thread_tiles_cover_c_once(m, n, n_threads, dtype):
+    # disjoint tiles that cover C exactly once, cut across the longer side of C (each
+    # thread packs all of the operand along the cut: the smaller one), with inner edges
+    # on whole register tiles
+    from tinyvae._backend import gemm
+
+    dtype = np.dtype(dtype)
+    tiles = gemm._thread_tiles(m, n, n_threads, dtype)
+    assert 1 <= len(tiles) <= n_threads
+    covered = np.zeros((m, n), int)
+    for i0, i1, j0, j1 in tiles:
+        covered[i0:i1, j0:j1] += 1
+    np.testing.assert_array_equal(covered, 1)
+    by_rows = all((j0, j1) == (0, n) for _, _, j0, j1 in tiles)
+    if m > n:
+        assert by_rows
+    nr = 2 * gemm.VECTOR_BYTES // dtype.itemsize
+    tile_rows = 2 * gemm.MR if gemm.TALL_TILES else gemm.MR
+    for _, i1, _, j1 in tiles[:-1]:
+        assert (i1 % tile_rows == 0) if by_rows else (j1 % nr == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, n, k", [(64, 400, 784), (1, 1, 4_000_000), (300, 7, 2000), (3, 5, 2)])
+def test_gemm_outputs_of_big_products_start_on_a_cache_line(m, n, k, dtype):
+    # (a cut between two threads' columns then falls between cache lines)
+    from tinyvae._backend import gemm
+
+    c = gemm.empty_output(m, n, k, np.dtype(dtype))
+    assert c.shape == (m, n) and c.dtype == dtype
+    assert c.flags.c_contiguous and c.flags.writeable
+    if 2 * m * n * k >= gemm.PARALLEL_MIN_FLOPS:
+        assert c.ctypes.data % gemm.CACHE_LINE == 0
+    c[...] = 1  # the whole array is ours to write
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("form", FORMS)
+def test_gemm_tall_output_same_bits_for_any_thread_count(rng, form, dtype):
+    # m > n: cut by rows (the weight gradient x.T @ dy of a wide layer)
+    a, b = operands(rng, form, 520, 300, 200, dtype)
+    before = numba.get_num_threads()
+    try:
+        runs = []
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            runs.append(product(form, a, b))
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(runs[-1], runs[0])
+    assert_gemm_close(runs[-1], form, a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_gemm_narrow_output_same_bits_for_any_thread_count(rng, dtype):
     a, b = operands(rng, "nn", 301, 700, 40, dtype)  # > PARALLEL_MIN_FLOPS: split by rows
     before = numba.get_num_threads()

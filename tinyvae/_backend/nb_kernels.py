@@ -26,7 +26,7 @@ from tinyvae._backend import fused as _fused
 from tinyvae._backend import pixel_net as _pixel_net
 from tinyvae._backend import tc as _tc
 from tinyvae._backend import updates as _updates
-from tinyvae._backend.gemm import gemm, gemm_into
+from tinyvae._backend.gemm import empty_output, gemm, gemm_into
 from tinyvae._backend.simd import VECTOR_BYTES
 from tinyvae._backend.threads import num_threads, run_parts, split
 
@@ -70,7 +70,7 @@ def _run_claimed(kernel, args, n, parts):
 
 def dense_forward(x, W, b, act_code, alpha):
     """y = act(x @ W + b); x (n, fan_in), W (fan_in, fan_out), b (fan_out,) -> y (n, fan_out)."""
-    y = np.empty((x.shape[0], W.shape[1]), x.dtype)
+    y = empty_output(x.shape[0], W.shape[1], W.shape[0], x.dtype)
     # gemm_into casts alpha to the data's dtype (once: a NumPy scalar costs ~1 us)
     return gemm_into(y, x, W, False, False, bias=np.ascontiguousarray(b), act=act_code,
                      alpha=alpha)
