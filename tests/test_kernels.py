@@ -274,6 +274,19 @@ def test_gemm_thread_tiles_cover_c_once(m, n, n_threads, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", [0, 1, 17, 8192])
+def test_gemm_scratch_starts_on_a_cache_line(size, dtype):
+    # the packed panels of A and B (so no vector load of B straddles two lines)
+    from tinyvae._backend import gemm
+
+    for _ in range(5):  # several allocations: NumPy's and Numba's starts vary
+        buf = gemm._cache_line_aligned(size, np.zeros(0, dtype))
+        assert buf.size == size and buf.dtype == dtype and buf.flags.c_contiguous
+        if size:
+            assert buf.ctypes.data % gemm.CACHE_LINE == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m, n, k", [(64, 400, 784), (1, 1, 4_000_000), (300, 7, 2000), (3, 5, 2)])
 def test_gemm_outputs_of_big_products_start_on_a_cache_line(m, n, k, dtype):
     # (a cut between two threads' columns then falls between cache lines)
