@@ -275,15 +275,22 @@ def test_gemm_thread_tiles_cover_c_once(m, n, n_threads, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("size", [0, 1, 17, 8192])
-def test_gemm_scratch_starts_on_a_cache_line(size, dtype):
-    # the packed panels of A and B (so no vector load of B straddles two lines)
-    from tinyvae._backend import gemm
+def test_kernel_scratch_starts_on_a_cache_line(size, dtype):
+    # the GEMM's packed panels, the broadcast decoder's scratch and padded weights (so no
+    # vector load of them straddles two lines)
+    from tinyvae._backend import nb_kernels, simd
 
     for _ in range(5):  # several allocations: NumPy's and Numba's starts vary
-        buf = gemm._cache_line_aligned(size, np.zeros(0, dtype))
+        buf = simd.cache_line_aligned(size, np.zeros(0, dtype))
         assert buf.size == size and buf.dtype == dtype and buf.flags.c_contiguous
         if size:
-            assert buf.ctypes.data % gemm.CACHE_LINE == 0
+            assert buf.ctypes.data % simd.CACHE_LINE == 0
+    a = np.arange(1, 1 + 3 * (size % 7 + 1), dtype=dtype).reshape(3, -1)
+    padded = nb_kernels._padded(a, (4, a.shape[1] + 5))
+    assert padded.ctypes.data % simd.CACHE_LINE == 0 and padded.dtype == dtype
+    want = np.zeros((4, a.shape[1] + 5), dtype)
+    want[:3, :a.shape[1]] = a
+    np.testing.assert_array_equal(padded.reshape(want.shape), want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -296,7 +303,7 @@ def test_gemm_outputs_of_big_products_start_on_a_cache_line(m, n, k, dtype):
     assert c.shape == (m, n) and c.dtype == dtype
     assert c.flags.c_contiguous and c.flags.writeable
     if 2 * m * n * k >= gemm.PARALLEL_MIN_FLOPS:
-        assert c.ctypes.data % gemm.CACHE_LINE == 0
+        assert c.ctypes.data % 64 == 0
     c[...] = 1  # the whole array is ours to write
 
 

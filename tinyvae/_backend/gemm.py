@@ -53,6 +53,7 @@ from tinyvae._backend.fused import IDENTITY, apply_activation
 from tinyvae._backend.numba_flags import njit
 from tinyvae._backend.simd import (
     VECTOR_BYTES,
+    cache_line_aligned,
     lanes,
     load,
     opaque,
@@ -86,7 +87,6 @@ DIRECT_A_MAX_PANELS = 4
 PARALLEL_MIN_FLOPS = 4_000_000
 #: a C tile at least this large (half of a 512 KB L2) is prefetched for writing
 PREFETCH_C_MIN_BYTES = 256 * 1024
-CACHE_LINE = 64  # bytes
 
 
 # ----------------------------------------------------------------------------
@@ -452,8 +452,8 @@ def _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
     # straddles two (Numba's np.empty gave 32 KB at 32 bytes past one): 27 bench
     # products at one thread 0.99-1.11x, median 1.01 (interleaved, Intel Xeon family 6
     # model 207)
-    bp = _cache_line_aligned((NR if one_block else col_panels * NR) * kc_max, c)
-    ap = _cache_line_aligned(mc * kc_max + L, c)
+    bp = cache_line_aligned((NR if one_block else col_panels * NR) * kc_max, c)
+    ap = cache_line_aligned(mc * kc_max + L, c)
     edge = np.empty(MR * NR, c.dtype)
     for kb in range(n_kblocks):
         # balanced k-blocks: their edges depend on k only, which keeps the bits fixed
@@ -678,17 +678,7 @@ def empty_output(m, n, k, dtype):
     """
     if 2 * m * n * k < PARALLEL_MIN_FLOPS:
         return np.empty((m, n), dtype)
-    return _cache_line_aligned(m * n, _NO_BIAS[np.dtype(dtype)][0]).reshape(m, n)
-
-
-@njit
-def _cache_line_aligned(size, like):
-    """An uninitialised 1-D array of `size` elements of like's dtype, whose first element
-    starts on a cache line (a view into a slightly longer array)."""
-    pad = CACHE_LINE // like.itemsize
-    raw = np.empty(size + pad, like.dtype)
-    skip = (-raw.ctypes.data % CACHE_LINE) // like.itemsize
-    return raw[skip:skip + size]
+    return cache_line_aligned(m * n, _NO_BIAS[np.dtype(dtype)][0]).reshape(m, n)
 
 
 def gemm(a, b, trans_a, trans_b, out):

@@ -27,7 +27,7 @@ from tinyvae._backend import pixel_net as _pixel_net
 from tinyvae._backend import tc as _tc
 from tinyvae._backend import updates as _updates
 from tinyvae._backend.gemm import empty_output, gemm, gemm_into
-from tinyvae._backend.simd import VECTOR_BYTES
+from tinyvae._backend.simd import VECTOR_BYTES, cache_line_aligned
 from tinyvae._backend.threads import num_threads, run_parts, split
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -257,10 +257,12 @@ def tc_terms_backward(g_own, g_joint, g_marginal, g_prior, cache):
 
 
 def _padded(a, shape):
-    """A zero array of `shape` with a in its top-left corner (flat, C order)."""
-    out = np.zeros(shape, a.dtype)
-    out[tuple(slice(0, s) for s in a.shape)] = a
-    return out.reshape(-1)
+    """A zero array of `shape` with a in its top-left corner (flat, C order), starting on a
+    cache line (the decoder's tiles load its rows as whole vectors)."""
+    out = cache_line_aligned(int(math.prod(shape)), np.empty(0, a.dtype))
+    out[:] = 0
+    out.reshape(shape)[tuple(slice(0, s) for s in a.shape)] = a
+    return out
 
 
 def _image_sum(per_image, padded_shape, shape):

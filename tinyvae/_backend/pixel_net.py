@@ -45,6 +45,7 @@ from tinyvae._backend.numba_flags import njit, njit_inline
 from tinyvae._backend.simd import (
     VECTOR_BYTES,
     add_in_order,
+    cache_line_aligned,
     lanes,
     transpose_block,
     vbroadcast,
@@ -267,8 +268,13 @@ def _first_layer(zW, cwb, h, i, Pp, H, act, alpha):
 @njit
 def _scratch_layers(dims, Pp, dtype):
     """One thread's scratch for an image's hidden layers: row l holds layer l + 1 (Pp
-    rows of dims[l] units), reused by every image the thread runs."""
-    return np.empty((dims.size, Pp * dims.max()), dtype)
+    rows of dims[l] units), reused by every image the thread runs. It starts on a cache
+    line, as do the backward's buffers (_backward_scratch) and the padded weights
+    (nb_kernels._padded), so no vector of the tiles straddles two lines: the fused
+    training kernel 0.89-1.00x the time, ~5 % on average (interleaved, Intel Xeon
+    family 6 model 207)."""
+    width = Pp * dims.max()
+    return cache_line_aligned(dims.size * width, np.empty(0, dtype)).reshape((dims.size, width))
 
 
 @njit
@@ -390,7 +396,9 @@ def _backward_scratch(dims, Pp, dtype):
     max(dims), and max(dims) zeros; made once a part and reused by every image (allocated
     per image, each 128 KB buffer was a fresh mapping of memory, paid in page faults)."""
     width = dims.max()
-    return np.empty(Pp * width, dtype), np.empty(Pp * width, dtype), np.zeros(width, dtype)
+    like = np.empty(0, dtype)
+    return (cache_line_aligned(Pp * width, like), cache_line_aligned(Pp * width, like),
+            np.zeros(width, dtype))
 
 
 @njit

@@ -28,10 +28,13 @@ from __future__ import annotations
 import math
 import operator
 
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
+
+from tinyvae._backend.numba_flags import njit
 
 
 def _vector_bytes() -> int:
@@ -467,6 +470,21 @@ def store(typingctx, x, i, v):
         return context.get_dummy_value()
 
     return types.none(x, i, v), codegen
+
+
+CACHE_LINE = 64  # bytes
+
+
+@njit
+def cache_line_aligned(size, like):
+    """An uninitialised 1-D array of `size` elements of like's dtype whose first element
+    starts on a cache line (a view into a slightly longer array), so that no vector load
+    or store at a multiple of the vector width straddles two lines. Numba's np.empty put
+    32 KB at 32 bytes past a line, NumPy's arrays start 48 bytes before one."""
+    pad = CACHE_LINE // like.itemsize
+    raw = np.empty(size + pad, like.dtype)
+    skip = (-raw.ctypes.data % CACHE_LINE) // like.itemsize
+    return raw[skip:skip + size]
 
 
 # ----------------------------------------------------------------------------
