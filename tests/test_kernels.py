@@ -294,6 +294,25 @@ def test_kernel_scratch_starts_on_a_cache_line(size, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B", [1, 37, 256])
+def test_tc_inputs_are_the_formulas_on_cache_lines(rng, B, dtype):
+    # the estimator's (d, B) inputs: mu.T, exp(-logvar).T, -0.5 (log 2 pi + logvar).T,
+    # to the bit of the NumPy expressions, each starting on a cache line
+    from tinyvae._backend import nb_kernels, simd
+
+    z, mu, logvar = (rng.standard_normal((B, 10)).astype(dtype) for _ in range(3))
+    lw = np.full((B, B), -np.log(10.0 * B), dtype)
+    _, mu_t, inv_var_t, const_t, lw_out = nb_kernels._tc_inputs(z, mu, logvar, lw)
+    np.testing.assert_array_equal(mu_t, mu.T)
+    np.testing.assert_array_equal(inv_var_t, np.exp(-logvar.T))
+    np.testing.assert_array_equal(const_t, -0.5 * (dtype(np.log(2 * np.pi)) + logvar.T))
+    np.testing.assert_array_equal(lw_out, lw)
+    for a in (mu_t, inv_var_t, const_t):
+        assert a.flags.c_contiguous and a.dtype == dtype
+        assert a.ctypes.data % simd.CACHE_LINE == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m, n, k", [(64, 400, 784), (1, 1, 4_000_000), (300, 7, 2000), (3, 5, 2)])
 def test_gemm_outputs_of_big_products_start_on_a_cache_line(m, n, k, dtype):
     # (a cut between two threads' columns then falls between cache lines)
