@@ -215,7 +215,7 @@ def _tc_inputs(z, mu, logvar, log_weights):
     B, d = z.shape
     mu_t, inv_var_t, const_t = (_aligned_empty((d, B), z.dtype) for _ in range(3))
     mu_t[...] = mu.T
-    const_t[...] = logvar.T                       # logvar.T for now
+    const_t[...] = logvar.T            # holds logvar.T until the last two lines
     np.exp(np.negative(const_t, out=inv_var_t), out=inv_var_t)
     const_t += z.dtype.type(_LOG_2PI)
     const_t *= -0.5
@@ -272,10 +272,10 @@ def tc_terms_backward(g_own, g_joint, g_marginal, g_prior, cache):
 def _padded(a, shape):
     """A zero array of `shape` with a in its top-left corner (flat, C order), starting on a
     cache line (the decoder's tiles load its rows as whole vectors)."""
-    out = cache_line_aligned(int(math.prod(shape)), np.empty(0, a.dtype))
-    out[:] = 0
-    out.reshape(shape)[tuple(slice(0, s) for s in a.shape)] = a
-    return out
+    out = _aligned_empty(shape, a.dtype)
+    out[...] = 0
+    out[tuple(slice(0, s) for s in a.shape)] = a
+    return out.reshape(-1)
 
 
 def _image_sum(per_image, padded_shape, shape):
