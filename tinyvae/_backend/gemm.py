@@ -53,6 +53,7 @@ from tinyvae._backend.fused import IDENTITY, apply_activation
 from tinyvae._backend.numba_flags import njit
 from tinyvae._backend.simd import (
     VECTOR_BYTES,
+    aligned_empty,
     cache_line_aligned,
     lanes,
     load,
@@ -678,7 +679,7 @@ def empty_output(m, n, k, dtype):
     """
     if 2 * m * n * k < PARALLEL_MIN_FLOPS:
         return np.empty((m, n), dtype)
-    return cache_line_aligned(m * n, _NO_BIAS[np.dtype(dtype)][0]).reshape(m, n)
+    return aligned_empty((m, n), dtype)
 
 
 def gemm(a, b, trans_a, trans_b, out):

@@ -27,7 +27,7 @@ from tinyvae._backend import pixel_net as _pixel_net
 from tinyvae._backend import tc as _tc
 from tinyvae._backend import updates as _updates
 from tinyvae._backend.gemm import empty_output, gemm, gemm_into
-from tinyvae._backend.simd import VECTOR_BYTES, cache_line_aligned
+from tinyvae._backend.simd import VECTOR_BYTES, aligned_empty
 from tinyvae._backend.threads import num_threads, run_parts, split
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -194,7 +194,7 @@ def tc_terms_forward(z, mu, logvar, log_weights):
     """(terms (3, B), cache): log q(z_i|x_i), log q(z_i), sum_k log q(z_ik) per sample."""
     z, mu_t, inv_var_t, const_t, lw = _tc_inputs(z, mu, logvar, log_weights)
     B, d = z.shape
-    joint = _aligned_empty((B, B), z.dtype)
+    joint = aligned_empty((B, B), z.dtype)
     peaks, inv_totals = np.empty((B, d), z.dtype), np.empty((B, d), z.dtype)
     terms = np.empty((3, B), z.dtype)
     _run_ranges(_tc.tc_forward_rows, (z, mu_t, inv_var_t, const_t, lw, joint, peaks, inv_totals,
@@ -209,25 +209,20 @@ TC_ROWS_PER_PART = 64
 
 def _tc_inputs(z, mu, logvar, log_weights):
     """z, mu.T, exp(-logvar).T, -0.5 (log 2 pi + logvar).T, log_weights: as the kernels
-    of _backend.tc take them (contiguous, z's dtype; the (d, B) rows, read as vectors,
-    start on a cache line: see _aligned_empty)."""
+    of _backend.tc take them (contiguous, z's dtype). The (d, B) arrays, whose rows the
+    kernels read as vectors, start on a cache line (simd.aligned_empty), as do the block
+    sums they write: with NumPy's starts, 48 bytes before a line,
+    tc_forward_backward_rows took 1.11-1.17x as long at B = 1,024 (interleaved, Intel
+    Xeon family 6 model 207)."""
     z = np.ascontiguousarray(z)
     B, d = z.shape
-    mu_t, inv_var_t, const_t = (_aligned_empty((d, B), z.dtype) for _ in range(3))
+    mu_t, inv_var_t, const_t = (aligned_empty((d, B), z.dtype) for _ in range(3))
     mu_t[...] = mu.T
     const_t[...] = logvar.T            # holds logvar.T until the last two lines
     np.exp(np.negative(const_t, out=inv_var_t), out=inv_var_t)
     const_t += z.dtype.type(_LOG_2PI)
     const_t *= -0.5
     return z, mu_t, inv_var_t, const_t, np.ascontiguousarray(log_weights, dtype=z.dtype)
-
-
-def _aligned_empty(shape, dtype):
-    """np.empty(shape, dtype) starting on a cache line (simd.cache_line_aligned). For the
-    estimator's arrays that its loops read or write as vectors: with NumPy's starts, 48
-    bytes before a line, tc_forward_backward_rows took 1.11-1.17x as long at B = 1,024
-    (interleaved, Intel Xeon family 6 model 207)."""
-    return cache_line_aligned(math.prod(shape), np.empty(0, dtype)).reshape(shape)
 
 
 def tc_terms_forward_backward(z, mu, logvar, log_weights, g_own, g_joint, g_marginal,
@@ -241,8 +236,8 @@ def tc_terms_forward_backward(z, mu, logvar, log_weights, g_own, g_joint, g_marg
                 for g in (g_own, g_joint, g_marginal, g_prior)]
     terms, dz = np.empty((3, B), z.dtype), np.empty((B, d), z.dtype)
     n_parts = -(-B // TC_ROWS_PER_PART)
-    dmu_parts = _aligned_empty((n_parts, d, B), z.dtype)
-    dlogvar_parts = _aligned_empty((n_parts, d, B), z.dtype)
+    dmu_parts = aligned_empty((n_parts, d, B), z.dtype)
+    dlogvar_parts = aligned_empty((n_parts, d, B), z.dtype)
     _run_claimed(_tc.tc_forward_backward_rows, (*inputs, *upstream, terms, dz, dmu_parts,
                                                 dlogvar_parts, TC_ROWS_PER_PART), n_parts,
                  _chunks(B * B * d, _fused.PARALLEL_MIN_SIZE))
@@ -272,7 +267,7 @@ def tc_terms_backward(g_own, g_joint, g_marginal, g_prior, cache):
 def _padded(a, shape):
     """A zero array of `shape` with a in its top-left corner (flat, C order), starting on a
     cache line (the decoder's tiles load its rows as whole vectors)."""
-    out = _aligned_empty(shape, a.dtype)
+    out = aligned_empty(shape, a.dtype)
     out[...] = 0
     out[tuple(slice(0, s) for s in a.shape)] = a
     return out.reshape(-1)

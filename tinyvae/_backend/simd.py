@@ -487,6 +487,12 @@ def cache_line_aligned(size, like):
     return raw[skip:skip + size]
 
 
+def aligned_empty(shape, dtype):
+    """np.empty(shape, dtype) in C order, starting on a cache line (cache_line_aligned):
+    for arrays that the kernels read or write as whole vectors."""
+    return cache_line_aligned(math.prod(shape), np.empty(0, dtype)).reshape(shape)
+
+
 # ----------------------------------------------------------------------------
 # in-register transpose, for packing GEMM panels from the "wrong" layout
 # ----------------------------------------------------------------------------
