@@ -637,6 +637,44 @@ def _fail_on_empty(x, lo, hi, progress):
     x[lo:hi] = 1.0
 
 
+@pytest.mark.parametrize("multiple", [1, 12, 32])
+def test_split_cuts_a_range_into_balanced_pieces_on_whole_multiples(multiple):
+    for n in [0, 1, 5, 11, 12, 13, 40, 100, 256, 1000]:
+        for parts in [1, 2, 3, 7, 64]:
+            pieces = _threads.split(n, parts, multiple)
+            units = -(-n // multiple)
+            assert len(pieces) == min(parts, units)
+            if n == 0:
+                continue
+            # contiguous, non-empty, covering [0, n)
+            assert [lo for lo, _ in pieces] == [0] + [hi for _, hi in pieces[:-1]]
+            assert pieces[-1][1] == n
+            assert all(hi > lo for lo, hi in pieces)
+            # inner edges on whole multiples, the pieces' units within one of each other
+            assert all(hi % multiple == 0 for _, hi in pieces[:-1])
+            sizes = [-(-(hi - lo) // multiple) for lo, hi in pieces]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_num_threads_follows_numba_on_each_thread():
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert _threads.num_threads() == 1
+        numba.set_num_threads(before)
+        assert _threads.num_threads() == before
+        # the setting is per thread in Numba: a new thread starts at the default
+        seen = []
+        numba.set_num_threads(1)
+        worker = threading.Thread(target=lambda: seen.append(_threads.num_threads()))
+        worker.start()
+        worker.join()
+        assert seen == [numba.config.NUMBA_NUM_THREADS]
+        assert _threads.num_threads() == 1
+    finally:
+        numba.set_num_threads(before)
+
+
 def test_run_parts_runs_every_part_once_even_with_more_parts_than_cores():
     x = np.zeros(100)
     parts = [(x, 0.5, lo, hi) for lo, hi in _threads.split(100, 7)]

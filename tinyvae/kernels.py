@@ -102,7 +102,16 @@ def compiled():
 # ----------------------------------------------------------------------------
 
 
+#: the dtypes the kernels take
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _check_operands(name_a, a, name_b, b):
+    # the usual case first, in one expression: ~0.3 us instead of ~0.7 for the loop below,
+    # which names what is wrong (every GEMM call of a training step passes here)
+    if (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == 2 == b.ndim
+            and a.dtype == b.dtype and a.dtype in _FLOAT_DTYPES):
+        return
     for name, arr in ((name_a, a), (name_b, b)):
         if not isinstance(arr, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray, got {type(arr).__name__}")

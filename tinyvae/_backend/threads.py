@@ -54,6 +54,7 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+from numba.np.ufunc import parallel as numba_parallel
 
 from tinyvae._backend.numba_flags import njit, njit_inline
 from tinyvae._backend.simd import _indexed_pointer
@@ -299,12 +300,13 @@ class _SpinPool:
     def _work(self, w):
         seen = 0
         while True:
-            if _idle_until_posted(self.posted, w, seen, self.rows[w], WORKER_SPINS) == seen:
+            posted = _idle_until_posted(self.posted, w, seen, self.rows[w], WORKER_SPINS)
+            if posted == seen:
                 with self.wakeup:
-                    while _announce_sleep(self.asleep, self.posted, w) == seen:
+                    while (posted := _announce_sleep(self.asleep, self.posted, w)) == seen:
                         self.wakeup.wait()
                     self.asleep[w] = 0
-            seen = int(self.posted[w])
+            seen = posted
             kernel, args = self.tasks[w]
             self.tasks[w] = None
             try:
@@ -365,8 +367,24 @@ def _the_pool() -> _SpinPool:
 
 
 def num_threads() -> int:
-    """Threads the kernels may use (Numba's setting; ~1-2 us to ask)."""
-    return numba.get_num_threads()
+    """Threads the kernels may use: Numba's setting for the calling thread."""
+    if not _thread_count:
+        _thread_count.append(_thread_count_reader())
+    return _thread_count[0]()
+
+
+#: the function num_threads calls, found on first use
+_thread_count: list = []
+
+
+def _thread_count_reader():
+    """The function that reads Numba's thread count. numba.get_num_threads takes two
+    locks before it reads the count (~0.9 us, and a training step asks ~30 times); once
+    Numba's threading layer is loaded, the C function it then calls reads the same
+    per-thread count in ~0.1 us. Numba's public function where that one is missing."""
+    numba.get_num_threads()  # loads the threading layer
+    read = getattr(numba_parallel, "_get_num_threads", None)
+    return read if callable(read) else numba.get_num_threads
 
 
 def run_parts(kernel, parts) -> None:
@@ -395,10 +413,16 @@ def run_parts(kernel, parts) -> None:
 def split(n: int, parts: int, multiple: int = 1) -> list[tuple[int, int]]:
     """Cut range(n) into at most `parts` contiguous [lo, hi) pieces whose inner edges are
     multiples of `multiple` (a vector width, a register-tile height)."""
+    units = -(-n // multiple)
+    parts = min(parts, units)
     if parts <= 1:  # the common case on one thread, kept short
         return [(0, n)] if n > 0 else []
-    units = -(-n // multiple)
-    parts = max(1, min(parts, units))
-    edges = [min(n, (units * c // parts) * multiple) for c in range(parts + 1)]
-    edges[-1] = n
-    return [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo]
+    # inner edges: units * c // parts whole multiples, rising by at least one unit (parts
+    # <= units) and below n; called ~20 times a training step, so no list of edges
+    pieces, lo = [], 0
+    for c in range(1, parts):
+        hi = units * c // parts * multiple
+        pieces.append((lo, hi))
+        lo = hi
+    pieces.append((lo, n))
+    return pieces
