@@ -113,6 +113,8 @@ def flat_grads(grads):
     (1, 1, (1, 1), (1,), "relu"),                  # every size 1
     (3, 5, (3, 5), (7, 9, 3), "relu"),             # odd everything, three hidden layers
     (2, 4, (4, 4), (32, 32), "sigmoid"),           # the main job's widths
+    (2, 4, (4, 4), (32, 32), "relu"),              # ... and activation
+    (3, 2, (5, 5), (9, 40), "relu"),               # a last layer of two column blocks
     (5, 3, (6, 7), (20,), "leaky_relu"),           # one hidden layer
     (2, 10, (8, 9), (16, 17), "softplus"),
     (4, 2, (1, 5), (33, 2), "tanh"),               # widths just past a vector block
@@ -230,6 +232,8 @@ def test_a_kept_forward_cache_gives_its_own_gradients_after_other_forwards():
     (1, 1, (1, 1), (1,), "relu"),
     (3, 5, (3, 5), (7, 9, 3), "relu"),
     (2, 4, (4, 4), (32, 32), "sigmoid"),
+    (2, 4, (4, 4), (32, 32), "relu"),
+    (3, 2, (5, 5), (9, 40), "relu"),
     (5, 3, (6, 7), (20,), "leaky_relu"),
     (4, 2, (1, 5), (33, 2), "tanh"),
 ])

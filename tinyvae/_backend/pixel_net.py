@@ -60,10 +60,15 @@ from tinyvae._backend.threads import claim, part_done, part_started
 TILE_ROWS = 4
 #: AVX-512 (32 vector registers): tiles of 2 TILE_ROWS rows where they fit
 TALL_TILES = VECTOR_BYTES == 64
-#: pixel rows per block of the weight-gradient product: the two (32, 32) float32 blocks
-#: (8 KB) stay in L1 while every tile of dW passes over them. 128 rows (32 KB, all of a
-#: Zen 3's L1) ran 1.6x slower; the block size does not change the sums' order
-GRAD_BLOCK_ROWS = 32
+#: pixel rows per block of the weight-gradient product (a tile of dW is stored and loaded
+#: again between blocks, which leaves the sums' order as it is). With AVX2: 32, so the two
+#: (32, 32) float32 blocks (8 KB) stay in L1 while every tile of dW passes over them; 128
+#: rows (32 KB, all of a Zen 3's L1) ran 1.6x slower, its L2 delivering the row's lines
+#: no faster than the FMAs took them. With AVX-512 (TALL_TILES) a row's 16 FMAs take 8
+#: cycles or more for its 3 lines from L2, well within L2's bandwidth, so a whole image is
+#: one block and its dW tile stays in registers: 17.3 -> 13.3 us an image (Intel Xeon
+#: family 6 model 207; 64 rows 15.1, 256 rows 13.8)
+GRAD_BLOCK_ROWS = 1 << 30 if TALL_TILES else 32
 
 
 #: what tile_products does to each result before it stores it: nothing, the ReLU, or
@@ -313,10 +318,13 @@ def forward_images(zW, cwb, Ws, bs, w_out, b_out, logits, dims, P, Pp, act, alph
 
 
 @njit
-def _output_layer_backward(dlogits, last, w_out, d, i, P, K, Pp, dw_out, relu):
+def _output_layer_backward(dlogits, last, w_out, d, i, P, K, Pp, dw_out, relu, db, db_off):
     """d[p] = dlogits[i, p] w_out (dh of the last hidden layer) and image i's dw_out,
     last (Pp K) image i's last hidden layer; with relu, d[p] also times relu'(a)
-    through last (fused.slope_lanes).
+    through last (fused.slope_lanes). Where db has room (a dense layer feeds the last
+    hidden layer), db[db_off:] = the sum of d over pixels: that layer's bias gradient,
+    _bias_grad's sums while d is still in registers (2.5 us an image less, Intel Xeon
+    family 6 model 207).
 
     Column blocks outer, two at a time (K is a multiple of 2 lanes), pixels inner: each
     block's sum stays in a register, and the two sums are independent FMA chains, so
@@ -326,9 +334,13 @@ def _output_layer_backward(dlogits, last, w_out, d, i, P, K, Pp, dw_out, relu):
     L = lanes(d)
     zero = dlogits[0] * 0
     zeros, ones = vsplat(d, 0), vsplat(d, 1)
+    bias = db.size >= db_off + K
+    # _bias_grad starts its chains at d[0] * 0; d[0] has the sign of this product
+    start = vsplat(d, dlogits[i * P] * w_out[0] * 0)
     for j in range(0, K, 2 * L):
         w0, w1 = vload(w_out, j), vload(w_out, j + L)
         acc0, acc1 = vsplat(d, zero), vsplat(d, zero)
+        sum0, sum1 = start, start
         for p in range(P):
             g = vbroadcast(dlogits, i * P + p)
             row = p * K + j
@@ -341,8 +353,13 @@ def _output_layer_backward(dlogits, last, w_out, d, i, P, K, Pp, dw_out, relu):
             vstore(d, p * K + j + L, d1)
             acc0 = vfma(g, y0, acc0)
             acc1 = vfma(g, y1, acc1)
+            if bias:
+                sum0, sum1 = vfma(ones, d0, sum0), vfma(ones, d1, sum1)
         vstore(dw_out, i * K + j, acc0)
         vstore(dw_out, i * K + j + L, acc1)
+        if bias:
+            vstore(db, db_off + j, sum0)
+            vstore(db, db_off + j + L, sum1)
     for p in range(P * K, Pp * K):   # padded pixels: no gradient
         d[p] = zero
 
@@ -365,7 +382,7 @@ def _bias_grad(d, rows, N, db, off):
 
 @njit
 def _weight_grad(h, K, d, N, Pp, dW, w_off, zeros):
-    """dW[w_off:] (K x N) = h.T @ d over Pp rows, in blocks of rows that stay in L1."""
+    """dW[w_off:] (K x N) = h.T @ d over Pp rows, in blocks of GRAD_BLOCK_ROWS rows."""
     for r0 in range(0, Pp, GRAD_BLOCK_ROWS):
         rows = min(GRAD_BLOCK_ROWS, Pp - r0)
         tile_products(h, r0 * K, 1, K, d, r0 * N, N, rows, dW, w_off, N, K, N, zeros,
@@ -414,13 +431,18 @@ def _image_backward(dlogits, coords, layers, WTs, w_out, dims, P, Pp, act, alpha
     """
     l = dims.size - 1
     N = dims[l]
-    _output_layer_backward(dlogits, layers[l], w_out, d, i, P, N, Pp, dw_out, act == RELU)
+    fused_bias = act == RELU and l > 0
+    # with the ReLU, d is final in the registers: its sum is the last dense layer's bias
+    # gradient (an empty db when there is none)
+    _output_layer_backward(dlogits, layers[l], w_out, d, i, P, N, Pp, dw_out, act == RELU,
+                           dbs[l - 1] if fused_bias else zeros[:0], i * N)
     size = Pp * N
     if act != RELU:
         activation_grad_into(d[:size], layers[l][:size], act, alpha, d[:size])
     while l > 0:
         K, N = dims[l - 1], dims[l]
-        _bias_grad(d, P, N, dbs[l - 1], i * N)
+        if not (fused_bias and l == dims.size - 1):
+            _bias_grad(d, P, N, dbs[l - 1], i * N)
         _weight_grad(layers[l - 1], K, d, N, Pp, dWs[l - 1], i * K * N, zeros)
         # times the ReLU's slope on the registers, before they are stored
         finish = TIMES_RELU_SLOPE if act == RELU else AS_IS
