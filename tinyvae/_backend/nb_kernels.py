@@ -28,7 +28,7 @@ from tinyvae._backend import tc as _tc
 from tinyvae._backend import updates as _updates
 from tinyvae._backend.gemm import empty_output, gemm, gemm_into
 from tinyvae._backend.simd import VECTOR_BYTES, aligned_empty
-from tinyvae._backend.threads import num_threads, run_parts, split
+from tinyvae._backend.threads import NO_PROGRESS, num_threads, run_parts, split
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -53,6 +53,10 @@ def _chunks(size, threshold):
 
 def _run_ranges(kernel, args, n, parts, multiple=1):
     """kernel(*args, lo, hi) over [0, n) cut into `parts` ranges, one per thread."""
+    if parts == 1:  # most calls (every small parameter's update): straight to the kernel
+        if n > 0:
+            kernel(*args, 0, n, NO_PROGRESS)
+        return
     run_parts(kernel, [(*args, lo, hi) for lo, hi in split(n, parts, multiple)])
 
 
@@ -140,16 +144,12 @@ def reparam_kl_backward(dz, mu, eps, sigma, kl_scale):
 # ----------------------------------------------------------------------------
 
 
-def _check_state(**arrays):
-    for name, arr in arrays.items():
-        if not arr.flags.c_contiguous:
-            raise ValueError(f"{name}: expected a contiguous array to update in place")
+# The updates below take 1-D contiguous arrays of one shape and dtype (tinyvae.kernels
+# checks them: its _check_in_place), and change p and the state in place.
 
 
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, weight_decay):
     """One bias-corrected Adam step in place on 1-D p, m, v (decoupled weight decay)."""
-    _check_state(p=p, m=m, v=v)
-    g = np.ascontiguousarray(g)
     args = (p, g, m, v, *_adam_constants(p.dtype, lr, beta1, beta2, eps, step, weight_decay))
     _run_ranges(_updates.adam_range, args, p.size,
                 _chunks(p.size, _updates.PARALLEL_MIN_SIZE), VECTOR_BYTES // p.itemsize)
@@ -167,8 +167,6 @@ def _adam_constants(dtype, lr, beta1, beta2, eps, step, weight_decay):
 
 def sgd_update(p, g, vel, lr, momentum, nesterov, weight_decay):
     """One SGD step with heavy-ball or Nesterov momentum, in place on 1-D p and vel."""
-    _check_state(p=p, velocity=vel)
-    g = np.ascontiguousarray(g)
     t = p.dtype.type
     args = (p, g, vel, t(lr), t(momentum), bool(nesterov), t(weight_decay), weight_decay != 0)
     _run_ranges(_updates.sgd_range, args, p.size,
@@ -177,8 +175,6 @@ def sgd_update(p, g, vel, lr, momentum, nesterov, weight_decay):
 
 def adagrad_update(p, g, accum, lr, eps, weight_decay):
     """One Adagrad step in place on 1-D p and accum."""
-    _check_state(p=p, accum=accum)
-    g = np.ascontiguousarray(g)
     t = p.dtype.type
     args = (p, g, accum, t(lr), t(eps), t(weight_decay), weight_decay != 0)
     _run_ranges(_updates.adagrad_range, args, p.size,
