@@ -435,9 +435,11 @@ def _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
     # packed element would feed at most a few FMAs. A is then read in place, in every
     # block of rows: the rows of a row-major A (6 sequential streams), or for A = X.T
     # with X row-major (the weight gradient X.T @ dY of a latent head) the 6 adjacent
-    # elements of each row of X. Only a last partial panel is packed, since reading
-    # past row m would leave the array. (In place, the heads' X.T @ dY products with
-    # 256 rows ran 1.15-1.20x faster on a Zen 4, and 128 x 256 @ 256 x 40 1.13x.)
+    # elements of each row of X. A last partial panel, which reading on past row m would
+    # take out of the array, is the panel that ends at row m (it computes a few rows of C
+    # twice and stores them once); only an A of fewer than MR rows is packed. (In place,
+    # the heads' X.T @ dY products with 256 rows ran 1.15-1.20x faster on a Zen 4, and
+    # 128 x 256 @ 256 x 40 1.13x.)
     direct = col_panels <= DIRECT_A_MAX_PANELS and (acs == 1 or ars == 1)
     # A tile of a C this large is not in cache when its first k-block is stored (no step
     # left it in L2): fetch its lines while its FMAs run
@@ -548,6 +550,19 @@ def _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
                     if direct and height == MR:
                         _micro_kernel(kc, a, ao + i * ars + p0 * acs, ars, acs, bp, b_off, dst,
                                       dst_off, ldd, acc)
+                    elif direct and m >= MR:
+                        # the last rows of A, fewer than a panel (64 = 5 x 12 + 4): the panel
+                        # that ends at row m, read in place into the scratch tile, whose first
+                        # rows (already in C) stay there. Packing the rows instead cost a
+                        # 16 x 16 transpose per 16 steps of k: the n = 40 heads 1.02-1.05x
+                        # (interleaved, Intel Xeon family 6 model 207). Same FMAs, same bits.
+                        shift = MR - height
+                        _micro_kernel(kc, a, ao + (m - MR) * ars + p0 * acs, ars, acs, bp, b_off,
+                                      edge, 0, NR, False)
+                        _store_edge(edge[shift * NR:], NR, c, i * ldc + j, ldc, height, width,
+                                    accumulate)
+                        iq += MR
+                        continue
                     else:
                         if direct:
                             _pack_a(a, ao, ars, acs, m, i, height, p0, kc, ap)
