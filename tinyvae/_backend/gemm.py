@@ -556,11 +556,12 @@ def _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
                         # rows (already in C) stay there. Packing the rows instead cost a
                         # 16 x 16 transpose per 16 steps of k: the n = 40 heads 1.02-1.05x
                         # (interleaved, Intel Xeon family 6 model 207). Same FMAs, same bits.
-                        shift = MR - height
+                        # (dst is the scratch tile here: its variables, not literals, which
+                        # would compile another copy of the micro-kernel)
                         _micro_kernel(kc, a, ao + (m - MR) * ars + p0 * acs, ars, acs, bp, b_off,
-                                      edge, 0, NR, False)
-                        _store_edge(edge[shift * NR:], NR, c, i * ldc + j, ldc, height, width,
-                                    accumulate)
+                                      dst, dst_off, ldd, acc)
+                        _store_edge(edge[(MR - height) * NR:], NR, c, i * ldc + j, ldc, height,
+                                    width, accumulate)
                         iq += MR
                         continue
                     else:
