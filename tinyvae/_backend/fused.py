@@ -81,7 +81,7 @@ def slope_lanes(y, zeros, ones, below):
 
 
 @njit
-def _relu_in_place(x, zero):
+def relu_in_place(x, zero):
     """x = _positive_part(x, 0), lane by lane, then a scalar tail."""
     L = lanes(x)
     z = vsplat(x, zero)
@@ -115,7 +115,7 @@ def apply_activation(x, act, alpha):
     one = scalar_like(x, 1)
     # one loop per activation so each is a branch-free loop the compiler vectorises
     if act == RELU:
-        _relu_in_place(x, zero)
+        relu_in_place(x, zero)
     elif act == LEAKY_RELU:
         _leaky_relu_in_place(x, zero, alpha)
     elif act == TANH:

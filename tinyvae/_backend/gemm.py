@@ -1,7 +1,8 @@
 """Packed, register-tiled GEMM for float32 / float64, with a fused bias + activation epilogue.
 
     C = op(A) @ op(B)           op(A) (m, k), op(B) (k, n), C (m, n)
-    C = act(op(A) @ op(B) + b)  (dense_forward: the epilogue runs while a tile is in L1)
+    C = act(op(A) @ op(B) + b)  (dense_forward: the bias and a ReLU in the epilogue, while a
+                                 block of C is in L2; other activations in a pass after)
 
 The structure is the one BLIS and OpenBLAS use (Goto & van de Geijn 2008):
 
@@ -49,7 +50,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyvae._backend.fused import IDENTITY, apply_activation
+from tinyvae._backend.fused import IDENTITY, RELU, apply_activation, relu_in_place
 from tinyvae._backend.numba_flags import njit
 from tinyvae._backend.simd import (
     VECTOR_BYTES,
@@ -59,6 +60,7 @@ from tinyvae._backend.simd import (
     load,
     opaque,
     prefetch_for_write,
+    scalar_like,
     store,
     transpose_block,
     vadd,
@@ -384,9 +386,15 @@ def _pack_b(b, off, rs, cs, n, j0, cols, p0, kc, bp):
 
 
 @njit
-def _epilogue(c, co, ldc, rows, cols, bias, j0, act, alpha):
-    """C[r, j] = act(C[r, j] + bias[j0 + j]) for a rows x cols block starting at c[co]."""
+def _epilogue(c, co, ldc, rows, cols, bias, j0, act):
+    """C[r, j] = C[r, j] + bias[j0 + j], and the ReLU if act is RELU, for a rows x cols
+    block starting at c[co].
+
+    Only the ReLU (every hidden layer of the canonical VAE and of the main job): with all
+    six activations (fused.apply_activation) the GEMM's cold compile took ~0.5 s more.
+    gemm_into applies the others in a pass of their own over C."""
     L = lanes(c)
+    zero = scalar_like(c, 0)
     for r in range(rows):
         row = co + r * ldc
         # explicit vectors: LLVM left this loop scalar (c and bias might alias)
@@ -396,8 +404,8 @@ def _epilogue(c, co, ldc, rows, cols, bias, j0, act, alpha):
             j += L
         for jj in range(j, cols):
             c[row + jj] += bias[j0 + jj]
-        if act != IDENTITY:
-            apply_activation(c[row:row + cols], act, alpha)
+        if act == RELU:
+            relu_in_place(c[row:row + cols], zero)
 
 
 # ----------------------------------------------------------------------------
@@ -407,7 +415,7 @@ def _epilogue(c, co, ldc, rows, cols, bias, j0, act, alpha):
 
 @njit
 def _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
-               i0, tm, j0, tn, kc_max, mc, bias, act, alpha, progress):
+               i0, tm, j0, tn, kc_max, mc, bias, act, progress):
     """C[i0:i0+tm, j0:j0+tn] = op(A) @ op(B) (+ epilogue) for one tile, on the calling thread.
 
     The compiled entry point: arrays are 1-D buffers read through (offset, row
@@ -574,7 +582,7 @@ def _gemm_tile(a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
                     iq += MR
             if last and act != NO_EPILOGUE:
                 # the block of C just finished is still in L2
-                _epilogue(c, ic * ldc + j0, ldc, ib_rows, cols, bias, j0, act, alpha)
+                _epilogue(c, ic * ldc + j0, ldc, ib_rows, cols, bias, j0, act)
     part_done(progress)
 
 
@@ -619,26 +627,29 @@ def strided_view(x):
     return buf, off, rs, cs
 
 
-#: per dtype: (an empty bias for plain GEMM, a zero alpha)
-_NO_BIAS = {np.dtype(t): (np.zeros(0, t), t(0)) for t in (np.float32, np.float64)}
+#: per dtype: an empty bias, for plain GEMM
+_NO_BIAS = {np.dtype(t): np.zeros(0, t) for t in (np.float32, np.float64)}
+#: the act codes the GEMM's epilogue finishes (see _epilogue); gemm_into applies the
+#: other activations after it
+_IN_EPILOGUE = (NO_EPILOGUE, IDENTITY, RELU)
 
 
 def gemm_into(c, a, b, trans_a, trans_b, bias=None, act=NO_EPILOGUE, alpha=None, n_threads=None):
-    """c = op(a) @ op(b) (+ bias, activation); c C-contiguous (m, n). Returns c."""
+    """c = op(a) @ op(b) (+ bias, activation); c C-contiguous (m, n). Returns c.
+
+    The bias and a ReLU are added in the GEMM's epilogue, while a block of C is in L2;
+    any other activation (alpha: leaky_relu's slope) in a pass over C after it."""
     am, ak = a.shape
     m, k = (ak, am) if trans_a else (am, ak)
     n = b.shape[0] if trans_b else b.shape[1]
     if m == 0 or n == 0:
         return c
-    # alpha typed like the data, so dense_forward and plain GEMM share one compilation
-    # (a cached zero: making a NumPy scalar costs ~1 us)
-    alpha = _NO_BIAS[c.dtype][1] if alpha is None else c.dtype.type(alpha)
     if k == 0:
         # an empty sum: C = act(0 + bias), done here so no kernel needs the case
         c.fill(0)
         if act != NO_EPILOGUE:
             c += bias
-            apply_activation(c.reshape(-1), act, alpha)
+            _activate(c, act, alpha)
         return c
     ab, ao, ars, acs = strided_view(a)
     if trans_a:
@@ -648,18 +659,34 @@ def gemm_into(c, a, b, trans_a, trans_b, bias=None, act=NO_EPILOGUE, alpha=None,
         brs, bcs = bcs, brs
     kc, mc = BLOCKING[c.dtype]
     if bias is None:
-        bias = _NO_BIAS[c.dtype][0]
+        bias = _NO_BIAS[c.dtype]
     flat = c.ravel()
     if 2 * m * n * k < PARALLEL_MIN_FLOPS or n_threads == 1:
         # the common small case, kept short: every microsecond here is paid ~15 times a step
         _gemm_tile(ab, ao, ars, acs, bb, bo, brs, bcs, flat, n, m, n, k,
-                   0, m, 0, n, kc, mc, bias, act, alpha, NO_PROGRESS)
-        return c
-    tiles = _thread_tiles(m, n, num_threads() if n_threads is None else n_threads, c.dtype)
-    run_parts(_gemm_tile, [(ab, ao, ars, acs, bb, bo, brs, bcs, flat, n, m, n, k,
-                            i0, i1 - i0, j0, j1 - j0, kc, mc, bias, act, alpha)
-                           for i0, i1, j0, j1 in tiles])
+                   0, m, 0, n, kc, mc, bias, act, NO_PROGRESS)
+    else:
+        tiles = _thread_tiles(m, n, num_threads() if n_threads is None else n_threads, c.dtype)
+        run_parts(_gemm_tile, [(ab, ao, ars, acs, bb, bo, brs, bcs, flat, n, m, n, k,
+                                i0, i1 - i0, j0, j1 - j0, kc, mc, bias, act)
+                               for i0, i1, j0, j1 in tiles])
+    if act not in _IN_EPILOGUE:
+        _activate_rows(flat, m, n, act, c.dtype.type(0 if alpha is None else alpha))
     return c
+
+
+def _activate(c, act, alpha):
+    """C = act(C) in place, C contiguous; alpha (leaky_relu's slope) typed like C."""
+    apply_activation(c.reshape(-1), act, c.dtype.type(0 if alpha is None else alpha))
+
+
+@njit
+def _activate_rows(c, m, n, act, alpha):
+    """C = act(C) in place, row by row (c flat, m rows of n): each row's elements take
+    the vector body or the scalar tail of apply_activation as in the epilogue before,
+    whose softplus rounded its tail differently from its vector body."""
+    for r in range(m):
+        apply_activation(c[r * n:(r + 1) * n], act, alpha)
 
 
 def _thread_tiles(m, n, n_threads, dtype):
