@@ -1,4 +1,4 @@
-"""Packed, register-tiled GEMM for float32 / float64, with a fused bias + activation epilogue.
+"""Packed, register-tiled GEMM for float32 / float64, with a fused bias + ReLU epilogue.
 
     C = op(A) @ op(B)           op(A) (m, k), op(B) (k, n), C (m, n)
     C = act(op(A) @ op(B) + b)  (dense_forward: the bias and a ReLU in the epilogue, while a
