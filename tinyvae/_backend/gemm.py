@@ -650,7 +650,8 @@ def gemm_into(c, a, b, trans_a, trans_b, bias=None, act=NO_EPILOGUE, alpha=None,
         c.fill(0)
         if act != NO_EPILOGUE:
             c += bias
-            _activate(c, act, alpha)
+            # as one row of m n elements: apply_activation over the flat C, as always here
+            _activate(c.ravel(), 1, m * n, act, alpha)
         return c
     ab, ao, ars, acs = strided_view(a)
     if trans_a:
@@ -672,13 +673,14 @@ def gemm_into(c, a, b, trans_a, trans_b, bias=None, act=NO_EPILOGUE, alpha=None,
                                 i0, i1 - i0, j0, j1 - j0, kc, mc, bias, act)
                                for i0, i1, j0, j1 in tiles])
     if act not in _IN_EPILOGUE:
-        _activate_rows(flat, m, n, act, c.dtype.type(0 if alpha is None else alpha))
+        _activate(flat, m, n, act, alpha)
     return c
 
 
-def _activate(c, act, alpha):
-    """C = act(C) in place, C contiguous; alpha (leaky_relu's slope) typed like C."""
-    apply_activation(c.reshape(-1), act, c.dtype.type(0 if alpha is None else alpha))
+def _activate(flat, rows, cols, act, alpha):
+    """C = act(C) in place, row by row (_activate_rows), C flat (rows x cols); alpha
+    (leaky_relu's slope, or None) cast to C's dtype."""
+    _activate_rows(flat, rows, cols, act, flat.dtype.type(0 if alpha is None else alpha))
 
 
 @njit

@@ -75,7 +75,7 @@ def _run_claimed(kernel, args, n, parts):
 def dense_forward(x, W, b, act_code, alpha):
     """y = act(x @ W + b); x (n, fan_in), W (fan_in, fan_out), b (fan_out,) -> y (n, fan_out)."""
     y = empty_output(x.shape[0], W.shape[1], W.shape[0], x.dtype)
-    # gemm_into casts alpha to the data's dtype (once: a NumPy scalar costs ~1 us)
+    # gemm_into casts alpha to the data's dtype, for the activations that use it
     return gemm_into(y, x, W, False, False, bias=np.ascontiguousarray(b), act=act_code,
                      alpha=alpha)
 
