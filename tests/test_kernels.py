@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 
 from tinyvae import kernels as K
 from tinyvae import losses
+from tinyvae._backend import gemm
 from tinyvae._backend import threads as _threads
+from tinyvae._backend.activations import ACTIVATION_CODES
 from tinyvae._backend.numba_flags import njit as njit_kernel
 
 DTYPES = (np.float32, np.float64)
@@ -255,7 +257,6 @@ def test_gemm_thread_tiles_cover_c_once(m, n, n_threads, dtype):
     # disjoint tiles that cover C exactly once, cut across the longer side of C (each
     # thread packs all of the operand along the cut: the smaller one), with inner edges
     # on whole register tiles
-    from tinyvae._backend import gemm
 
     dtype = np.dtype(dtype)
     tiles = gemm._thread_tiles(m, n, n_threads, dtype)
@@ -316,7 +317,6 @@ def test_tc_inputs_are_the_formulas_on_cache_lines(rng, B, dtype):
 @pytest.mark.parametrize("m, n, k", [(64, 400, 784), (1, 1, 4_000_000), (300, 7, 2000), (3, 5, 2)])
 def test_gemm_outputs_of_big_products_start_on_a_cache_line(m, n, k, dtype):
     # (a cut between two threads' columns then falls between cache lines)
-    from tinyvae._backend import gemm
 
     c = gemm.empty_output(m, n, k, np.dtype(dtype))
     assert c.shape == (m, n) and c.dtype == dtype
@@ -355,6 +355,26 @@ def test_gemm_narrow_output_same_bits_for_any_thread_count(rng, dtype):
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(runs[-1], runs[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("form", FORMS)
+def test_gemm_tiles_on_workers_same_bits_as_one_thread(rng, form, dtype):
+    # the workers' tiles run through _gemm_tile's address (threads.run_native_parts): on 2,
+    # 3 and 5 threads (more than the cores), with read-only operands and with the bias and
+    # ReLU epilogue, C equals the one-thread product
+    a, b = operands(rng, form, 150, 90, 130, dtype)
+    a.flags.writeable = b.flags.writeable = False
+    trans_a, trans_b = form[0] == "t", form[1] == "t"
+    m, n = 150, 130
+    bias = rng.standard_normal(n).astype(dtype)
+    for act, with_bias in ((gemm.NO_EPILOGUE, None), (ACTIVATION_CODES["relu"], bias)):
+        want = gemm.gemm_into(np.empty((m, n), dtype), a, b, trans_a, trans_b, bias=with_bias,
+                              act=act, n_threads=1)
+        for n_threads in (2, 3, 5):
+            got = gemm.gemm_into(gemm.empty_output(m, n, 90, dtype), a, b, trans_a, trans_b,
+                                 bias=with_bias, act=act, n_threads=n_threads)
+            np.testing.assert_array_equal(got, want)
 
 
 def _threaded_matmul_in_child(queue):
@@ -766,6 +786,67 @@ def test_run_parts_reraises_a_worker_error_and_stays_usable():
         _threads.run_parts(_fail_on_empty, [(x, 0, 5), (x, 5, 5)])
     _threads.run_parts(_fill_range, [(x, 2.0, 0, 5), (x, 2.0, 5, 10)])
     np.testing.assert_array_equal(x, 2.0 + np.arange(10))
+
+
+@njit_kernel
+def _post_fill(slot, runner, x, value, lo, hi):
+    # a native part of _fill_range: the runner's address, then x's address and size
+    slot[_threads.RUNNER] = runner
+    slot[1], slot[2], slot[3], slot[4], slot[5] = x.ctypes.data, x.size, lo, hi, value
+
+
+@njit_kernel
+def _run_fill(slot, progress):
+    x = numba.carray(_threads.pointer_to(slot[1], np.float64(0)), slot[2])
+    if slot[4] == slot[3]:
+        raise ValueError("an empty part")
+    _fill_range(x, np.float64(slot[5]), slot[3], slot[4], progress)
+
+
+def _fill_runner():
+    flags = numba.types.int64[::1]
+    return (_threads.native_address(_run_fill, (flags, flags)),)
+
+
+def test_run_native_parts_runs_every_part_once_on_workers_without_python():
+    runner = _fill_runner()
+    pool = _threads._the_pool()
+    for n_parts in (2, 3, 5, 2):  # more parts than cores, and the pool grown meanwhile
+        for pause in (0.0, 0.01):  # to spinning workers, and to sleeping ones
+            x = np.zeros(100)
+            parts = [(x, 3, lo, hi) for lo, hi in _threads.split(100, n_parts)]
+            time.sleep(pause)
+            _threads.run_native_parts(_fill_range, parts, _post_fill, runner, "a fill")
+            np.testing.assert_array_equal(x, 3.0 + np.arange(100))
+            for w in range(n_parts - 1):
+                # each worker part was a native one, and its worker is idle again
+                assert pool.slots[w][_threads.RUNNER] == runner[0]
+                assert pool.rows[w][_threads.IDLE] == pool.posted[w]
+    # a Python part after native ones runs as a Python part
+    x = np.zeros(100)
+    _threads.run_parts(_fill_range, [(x, 2.0, lo, hi) for lo, hi in _threads.split(100, 2)])
+    np.testing.assert_array_equal(x, 2.0 + np.arange(100))
+
+
+def test_run_native_parts_reports_a_failed_worker_part_and_stays_usable():
+    runner = _fill_runner()
+    x = np.zeros(10)
+    with pytest.raises(RuntimeError, match="a fill failed on worker thread 0"):
+        _threads.run_native_parts(_fill_range, [(x, 1, 0, 5), (x, 1, 5, 5)], _post_fill,
+                                  runner, "a fill")
+    _threads.run_native_parts(_fill_range, [(x, 4, 0, 5), (x, 4, 5, 10)], _post_fill, runner,
+                              "a fill")
+    np.testing.assert_array_equal(x, 4.0 + np.arange(10))
+
+
+def test_run_native_parts_runs_here_when_the_workers_are_busy():
+    runner = _fill_runner()
+    pool = _threads._the_pool()
+    x = np.zeros(10)
+    with pool.busy:  # another caller owns the workers: every part runs on this thread
+        _threads.run_native_parts(_fill_range, [(x, 5, 0, 5), (x, 5, 5, 10)], _post_fill,
+                                  runner, "a fill")
+    np.testing.assert_array_equal(x, 5.0 + np.arange(10))
 
 
 def test_run_parts_from_several_python_threads_at_once():

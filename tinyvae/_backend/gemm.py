@@ -39,7 +39,11 @@ Determinism: every element of C is the sum over k in a fixed order (FMA chains
 within a k-block, blocks added in order), and the k-blocking depends only on k;
 packing or not, full or narrow kernel, the same FMAs run in the same order.
 Threads (:mod:`tinyvae._backend.threads`) split C into disjoint tiles, never k, so the
-bits do not depend on the schedule, the tiling or even the number of threads.
+bits do not depend on the schedule, the tiling or even the number of threads. A
+worker's tile runs without Python (``threads.run_native_parts``): ``_post_tile`` writes
+the call into the worker's slot as integers, and the worker's ``_run_tile`` calls
+``_gemm_tile`` through its machine-code address, the same compiled function this
+thread calls.
 
 Compile time: there is one compiled entry point per dtype (``_gemm_tile``),
 called directly on one thread and from worker threads on several; a second
@@ -49,9 +53,10 @@ called directly on one thread and from worker threads on several; a second
 from __future__ import annotations
 
 import numpy as np
+from numba import carray, from_dtype, types
 
 from tinyvae._backend.fused import IDENTITY, RELU, apply_activation, relu_in_place
-from tinyvae._backend.numba_flags import njit
+from tinyvae._backend.numba_flags import njit, njit_inline
 from tinyvae._backend.simd import (
     VECTOR_BYTES,
     aligned_empty,
@@ -73,7 +78,21 @@ from tinyvae._backend.simd import (
     vzero,
     vzero_half,
 )
-from tinyvae._backend.threads import NO_PROGRESS, num_threads, part_done, part_started, run_parts, split
+from tinyvae._backend.threads import (
+    FAILED,
+    NO_PROGRESS,
+    RUNNER,
+    SEQUENCE,
+    call_native,
+    native_address,
+    num_threads,
+    part_done,
+    part_started,
+    pointer_to,
+    run_native_parts,
+    run_parts,
+    split,
+)
 
 MR = 6  # rows of the register tile (the columns are two vectors: 16 float32 or 8 float64)
 #: AVX-512 has 32 vector registers: two row panels fit at once, 12 x NR (24 accumulators)
@@ -85,9 +104,12 @@ NO_EPILOGUE = -1  # act code meaning "plain GEMM": no bias, no activation
 BLOCKING = {np.dtype(np.float32): (256, 120), np.dtype(np.float64): (256, 72)}
 #: at most this many NR-wide column panels: read a row-major A in place, unpacked
 DIRECT_A_MAX_PANELS = 4
-#: below this many flops the single-threaded path wins (a hand-off to a thread costs
-#: ~10-30 us)
-PARALLEL_MIN_FLOPS = 4_000_000
+#: below this many flops the single-threaded path wins. A native hand-off (threads.
+#: run_native_parts) costs ~7 us a call here: the post 3 + 1.6 us, the wait at the end ~3.
+#: Split against one thread (interleaved, two threads, Intel Xeon family 6 model 207):
+#: the 2.6 MFLOP heads (128 x 256 @ 256 x 40, all three forms) 1.16-1.35x faster, the 1.0-1.3
+#: MFLOP ones 0.62-0.93x (the Python hand-off before needed 4 MFLOP)
+PARALLEL_MIN_FLOPS = 2_000_000
 #: a C tile at least this large (half of a 512 KB L2) is prefetched for writing
 PREFETCH_C_MIN_BYTES = 256 * 1024
 
@@ -599,6 +621,76 @@ def _store_edge(edge, lde, c, co, ldc, rows, cols, accumulate):
 
 
 # ----------------------------------------------------------------------------
+# a tile on a worker thread, without Python (threads.run_native_parts)
+# ----------------------------------------------------------------------------
+
+# words of a worker's slot after threads.RUNNER: _gemm_tile's address, then its arrays'
+# addresses and sizes, then its integer arguments in their order (ao .. act, 17 words)
+_KERNEL, _A, _A_SIZE, _B, _B_SIZE, _C, _C_SIZE, _BIAS, _BIAS_SIZE, _INTS = range(1, 11)
+
+
+@njit
+def _post_tile(slot, runner, kernel, a, ao, ars, acs, b, bo, brs, bcs, c, ldc, m, n, k,
+               i0, tm, j0, tn, kc_max, mc, bias, act):
+    """Write a _gemm_tile call into a worker's slot, for _run_tile: the runner's and the
+    kernel's addresses, each array's address and size, the integers."""
+    slot[RUNNER], slot[_KERNEL] = runner, kernel
+    slot[_A], slot[_A_SIZE] = a.ctypes.data, a.size
+    slot[_B], slot[_B_SIZE] = b.ctypes.data, b.size
+    slot[_C], slot[_C_SIZE] = c.ctypes.data, c.size
+    slot[_BIAS], slot[_BIAS_SIZE] = bias.ctypes.data, bias.size
+    ints = (ao, ars, acs, bo, brs, bcs, ldc, m, n, k, i0, tm, j0, tn, kc_max, mc, act)
+    for q in range(len(ints)):
+        slot[_INTS + q] = ints[q]
+
+
+@njit_inline
+def _run_tile(slot, progress, zero):
+    """The _gemm_tile call _post_tile wrote into slot, made through the kernel's address
+    (threads.call_native) with the worker's progress flags; zero: a scalar of C's dtype."""
+    a = carray(pointer_to(slot[_A], zero), slot[_A_SIZE])
+    b = carray(pointer_to(slot[_B], zero), slot[_B_SIZE])
+    c = carray(pointer_to(slot[_C], zero), slot[_C_SIZE])
+    bias = carray(pointer_to(slot[_BIAS], zero), slot[_BIAS_SIZE])
+    q = _INTS
+    # a tile that raised (out of memory) is reported through the flags (threads.FAILED):
+    # cheaper to compile than raising again here
+    if call_native(slot[_KERNEL], (a, slot[q], slot[q + 1], slot[q + 2],
+                                   b, slot[q + 3], slot[q + 4], slot[q + 5],
+                                   c, slot[q + 6], slot[q + 7], slot[q + 8], slot[q + 9],
+                                   slot[q + 10], slot[q + 11], slot[q + 12], slot[q + 13],
+                                   slot[q + 14], slot[q + 15], bias, slot[q + 16], progress)):
+        progress[FAILED] = progress[SEQUENCE]
+
+
+@njit
+def _run_tile_float32(slot, progress):
+    _run_tile(slot, progress, np.float32(0))
+
+
+@njit
+def _run_tile_float64(slot, progress):
+    _run_tile(slot, progress, np.float64(0))
+
+
+_RUNNERS = {np.dtype(np.float32): _run_tile_float32, np.dtype(np.float64): _run_tile_float64}
+#: per dtype, the addresses (runner, _gemm_tile) of the native tile, found on first use
+_NATIVE_TILE: dict = {}
+
+
+def _native_tile(dtype):
+    """(runner, kernel): the machine-code addresses of _run_tile for C's dtype and of the
+    _gemm_tile it calls, compiled for 1-D contiguous writable arrays of that dtype."""
+    found = _NATIVE_TILE.get(dtype)
+    if found is None:
+        array, i, flags = types.Array(from_dtype(dtype), 1, "C"), types.int64, types.int64[::1]
+        tile = (array, i, i, i, array, i, i, i, array, *(i,) * 10, array, i, flags)
+        found = _NATIVE_TILE[dtype] = (native_address(_RUNNERS[dtype], (flags, flags)),
+                                       native_address(_gemm_tile, tile))
+    return found
+
+
+# ----------------------------------------------------------------------------
 # Python side: describe arrays as (buffer, offset, strides) and pick a driver
 # ----------------------------------------------------------------------------
 
@@ -669,9 +761,13 @@ def gemm_into(c, a, b, trans_a, trans_b, bias=None, act=NO_EPILOGUE, alpha=None,
                    0, m, 0, n, kc, mc, bias, act, NO_PROGRESS)
     else:
         tiles = _thread_tiles(m, n, num_threads() if n_threads is None else n_threads, c.dtype)
-        run_parts(_gemm_tile, [(ab, ao, ars, acs, bb, bo, brs, bcs, flat, n, m, n, k,
-                                i0, i1 - i0, j0, j1 - j0, kc, mc, bias, act)
-                               for i0, i1, j0, j1 in tiles])
+        parts = [(ab, ao, ars, acs, bb, bo, brs, bcs, flat, n, m, n, k,
+                  i0, i1 - i0, j0, j1 - j0, kc, mc, bias, act) for i0, i1, j0, j1 in tiles]
+        if ab.dtype == bb.dtype == bias.dtype == c.dtype and bias.flags.c_contiguous:
+            # the workers' tiles through _gemm_tile's address, no Python on their side
+            run_native_parts(_gemm_tile, parts, _post_tile, _native_tile(c.dtype), "a GEMM tile")
+        else:
+            run_parts(_gemm_tile, parts)
     if act not in _IN_EPILOGUE:
         _activate(flat, m, n, act, alpha)
     return c
