@@ -253,13 +253,15 @@ def test_gemm_read_only_inputs(rng):
 @pytest.mark.parametrize("m, n", [(64, 512), (256, 256), (130, 300), (512, 256), (784, 512),
                                   (1024, 784), (301, 40), (13, 8), (40, 1000)])
 @pytest.mark.parametrize("n_threads", [1, 2, 3, 8])
-def test_gemm_thread_tiles_cover_c_once(m, n, n_threads, dtype):
+@pytest.mark.parametrize("unequal", [False, True])
+def test_gemm_thread_tiles_cover_c_once(m, n, n_threads, unequal, dtype):
     # disjoint tiles that cover C exactly once, cut across the longer side of C (each
     # thread packs all of the operand along the cut: the smaller one), with inner edges
-    # on whole register tiles
+    # on whole register tiles; also when cut in unequal shares (the threads' speeds)
 
     dtype = np.dtype(dtype)
-    tiles = gemm._thread_tiles(m, n, n_threads, dtype)
+    shares = [0.25, 4.0, 1.0, 0.6, 3.0, 1.0, 0.3, 2.0][:n_threads] if unequal else None
+    tiles = gemm._thread_tiles(m, n, n_threads, dtype, shares)
     assert 1 <= len(tiles) <= n_threads
     covered = np.zeros((m, n), int)
     for i0, i1, j0, j1 in tiles:
@@ -655,6 +657,46 @@ def _fail_on_empty(x, lo, hi, progress):
     if hi - lo == 0:
         raise ValueError("an empty part")
     x[lo:hi] = 1.0
+
+
+@pytest.mark.parametrize("multiple", [1, 12, 32])
+def test_split_shares_cuts_in_proportion_on_whole_multiples(multiple):
+    for n in (0, 1, 5, 31, 32, 33, 100, 784, 1000):
+        for shares in ([1.0], [1.0, 1.0], [1.0, 3.0], [0.25, 1.0, 4.0], [1.0] * 7, [2.0, 0.5]):
+            pieces = _threads.split_shares(n, shares, multiple)
+            units = -(-n // multiple)
+            assert len(pieces) == min(len(shares), units)
+            if n == 0:
+                continue
+            assert pieces[0][0] == 0 and pieces[-1][1] == n
+            assert [lo for lo, _ in pieces[1:]] == [hi for _, hi in pieces[:-1]]
+            assert all(hi > lo for lo, hi in pieces)
+            assert all(hi % multiple == 0 for _, hi in pieces[:-1])
+            # each piece within one multiple of its share (plus the one-unit minimum)
+            total = sum(shares[:len(pieces)])
+            for (lo, hi), share in zip(pieces[:-1], shares, strict=False):
+                assert abs((hi - lo) - n * share / total) <= 2 * multiple or hi - lo == multiple
+    # equal shares cut as split does
+    for n in (7, 100, 784):
+        assert _threads.split_shares(n, [1.0, 1.0], multiple) == _threads.split(n, 2, multiple)
+
+
+def test_part_shares_follow_the_workers_measured_speed():
+    # a worker whose part takes twice as long per unit of work is given less of the next
+    pool = _threads._the_pool()
+    before = list(pool.speeds)
+    try:
+        x = np.zeros(200_000)
+        for _ in range(20):
+            # the worker's half is 4x the caller's (work says 1:1): it reads as 4x slower
+            _threads.run_native_parts(_fill_range, [(x, 1, 0, 40_000), (x, 1, 40_000, 200_000)],
+                                      _post_fill, _fill_runner(), "a fill", work=[1, 1])
+        shares = _threads.part_shares(2)
+        assert shares[0] == 1.0 and 0.25 <= shares[1] < 0.5
+        assert _threads.split_shares(100, shares)[0][1] > 66
+        np.testing.assert_array_equal(x, 1.0 + np.arange(200_000))
+    finally:
+        pool.speeds[:len(before)] = before
 
 
 @pytest.mark.parametrize("multiple", [1, 12, 32])

@@ -87,11 +87,13 @@ from tinyvae._backend.threads import (
     native_address,
     num_threads,
     part_done,
+    part_shares,
     part_started,
     pointer_to,
     run_native_parts,
     run_parts,
     split,
+    split_shares,
 )
 
 MR = 6  # rows of the register tile (the columns are two vectors: 16 float32 or 8 float64)
@@ -760,12 +762,16 @@ def gemm_into(c, a, b, trans_a, trans_b, bias=None, act=NO_EPILOGUE, alpha=None,
         _gemm_tile(ab, ao, ars, acs, bb, bo, brs, bcs, flat, n, m, n, k,
                    0, m, 0, n, kc, mc, bias, act, NO_PROGRESS)
     else:
-        tiles = _thread_tiles(m, n, num_threads() if n_threads is None else n_threads, c.dtype)
+        threads = num_threads() if n_threads is None else n_threads
+        native = ab.dtype == bb.dtype == bias.dtype == c.dtype and bias.flags.c_contiguous
+        # native tiles in proportion to the threads' measured speeds (threads.part_shares)
+        tiles = _thread_tiles(m, n, threads, c.dtype, part_shares(threads) if native else None)
         parts = [(ab, ao, ars, acs, bb, bo, brs, bcs, flat, n, m, n, k,
                   i0, i1 - i0, j0, j1 - j0, kc, mc, bias, act) for i0, i1, j0, j1 in tiles]
-        if ab.dtype == bb.dtype == bias.dtype == c.dtype and bias.flags.c_contiguous:
+        if native:
             # the workers' tiles through _gemm_tile's address, no Python on their side
-            run_native_parts(_gemm_tile, parts, _post_tile, _native_tile(c.dtype), "a GEMM tile")
+            run_native_parts(_gemm_tile, parts, _post_tile, _native_tile(c.dtype), "a GEMM tile",
+                             [(i1 - i0) * (j1 - j0) for i0, i1, j0, j1 in tiles])
         else:
             run_parts(_gemm_tile, parts)
     if act not in _IN_EPILOGUE:
@@ -788,8 +794,9 @@ def _activate_rows(c, m, n, act, alpha):
         apply_activation(c[r * n:(r + 1) * n], act, alpha)
 
 
-def _thread_tiles(m, n, n_threads, dtype):
-    """Cut C (m, n) into n_threads tiles (i0, i1, j0, j1), by columns or by rows.
+def _thread_tiles(m, n, n_threads, dtype, shares=None):
+    """Cut C (m, n) into n_threads tiles (i0, i1, j0, j1), by columns or by rows: equal
+    tiles, or tile t about shares[t] / sum(shares) of C (threads.split_shares).
 
     Each thread packs the part of op(A) its rows need and the part of op(B) its columns
     need, so a cut by columns packs all of A in every thread and a cut by rows all of B:
@@ -803,9 +810,14 @@ def _thread_tiles(m, n, n_threads, dtype):
     """
     nr = 2 * VECTOR_BYTES // dtype.itemsize
     col_panels, row_panels = -(-n // nr), -(-m // MR)
+
+    def cut(length, multiple):
+        return split(length, n_threads, multiple) if shares is None else split_shares(
+            length, shares, multiple)
+
     if m <= n and (col_panels >= 2 * n_threads or col_panels >= row_panels):
-        return [(0, m, j0, j1) for j0, j1 in split(n, n_threads, nr)]
-    return [(i0, i1, 0, n) for i0, i1 in split(m, n_threads, 2 * MR if TALL_TILES else MR)]
+        return [(0, m, j0, j1) for j0, j1 in cut(n, nr)]
+    return [(i0, i1, 0, n) for i0, i1 in cut(m, 2 * MR if TALL_TILES else MR)]
 
 
 def empty_output(m, n, k, dtype):

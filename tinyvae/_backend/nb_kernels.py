@@ -28,7 +28,7 @@ from tinyvae._backend import tc as _tc
 from tinyvae._backend import updates as _updates
 from tinyvae._backend.gemm import empty_output, gemm, gemm_into
 from tinyvae._backend.simd import VECTOR_BYTES, aligned_empty
-from tinyvae._backend.threads import NO_PROGRESS, num_threads, run_parts, split
+from tinyvae._backend.threads import NO_PROGRESS, num_threads, part_shares, run_parts, split_shares
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -52,12 +52,14 @@ def _chunks(size, threshold):
 
 
 def _run_ranges(kernel, args, n, parts, multiple=1):
-    """kernel(*args, lo, hi) over [0, n) cut into `parts` ranges, one per thread."""
+    """kernel(*args, lo, hi) over [0, n) cut into `parts` ranges, one per thread, in
+    proportion to the threads' speeds as the GEMM last measured them (threads.part_shares:
+    every element is computed the same whatever the cut)."""
     if parts == 1:  # most calls (every small parameter's update): straight to the kernel
         if n > 0:
             kernel(*args, 0, n, NO_PROGRESS)
         return
-    run_parts(kernel, [(*args, lo, hi) for lo, hi in split(n, parts, multiple)])
+    run_parts(kernel, [(*args, lo, hi) for lo, hi in split_shares(n, part_shares(parts), multiple)])
 
 
 def _run_claimed(kernel, args, n, parts):
