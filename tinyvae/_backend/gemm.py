@@ -810,14 +810,13 @@ def _thread_tiles(m, n, n_threads, dtype, shares=None):
     """
     nr = 2 * VECTOR_BYTES // dtype.itemsize
     col_panels, row_panels = -(-n // nr), -(-m // MR)
-
-    def cut(length, multiple):
-        return split(length, n_threads, multiple) if shares is None else split_shares(
-            length, shares, multiple)
-
-    if m <= n and (col_panels >= 2 * n_threads or col_panels >= row_panels):
-        return [(0, m, j0, j1) for j0, j1 in cut(n, nr)]
-    return [(i0, i1, 0, n) for i0, i1 in cut(m, 2 * MR if TALL_TILES else MR)]
+    by_columns = m <= n and (col_panels >= 2 * n_threads or col_panels >= row_panels)
+    length, multiple = (n, nr) if by_columns else (m, 2 * MR if TALL_TILES else MR)
+    pieces = (split(length, n_threads, multiple) if shares is None
+              else split_shares(length, shares, multiple))
+    if by_columns:
+        return [(0, m, j0, j1) for j0, j1 in pieces]
+    return [(i0, i1, 0, n) for i0, i1 in pieces]
 
 
 def empty_output(m, n, k, dtype):

@@ -498,12 +498,17 @@ class _SpinPool:
             if self.rows[w][FAILED] == self.posted[w]:
                 raise RuntimeError(f"{what} failed on worker thread {w} (out of memory?)")
         if work is not None and own > 0:
-            own_rate = work[0] / own
-            for w in range(n):
-                busy = self.rows[w][BUSY]
-                if busy > 0 and work[w + 1] > 0:
-                    speed = min(max(work[w + 1] / busy / own_rate, SPEED_RANGE[0]), SPEED_RANGE[1])
-                    self.speeds[w] += SPEED_SMOOTHING * (speed - self.speeds[w])
+            self._measure_speeds(n, work, own)
+
+    def _measure_speeds(self, n, work, own):
+        """Move each worker's speed estimate towards its speed in this call: its work per
+        cycle (BUSY) over this thread's (`own` cycles for work[0])."""
+        low, high = SPEED_RANGE
+        for w in range(n):
+            busy = int(self.rows[w][BUSY])
+            if busy > 0:
+                speed = min(max(work[w + 1] * own / (busy * work[0]), low), high)
+                self.speeds[w] += SPEED_SMOOTHING * (speed - self.speeds[w])
 
     def _wait(self, n, flag):
         """Spin, GIL released, until workers 0..n-1 have reached `flag` of their part."""
@@ -573,9 +578,9 @@ def run_parts(kernel, parts) -> None:
 
 
 def part_shares(n_parts):
-    """The shares of work for a native call of n_parts parts, this thread's first: 1 for
-    this thread and each worker's measured speed against it (see the module docstring,
-    Unequal cores). Ones while the workers are busy with another caller's parts."""
+    """The shares of work for a call of n_parts parts, this thread's first: 1 for this
+    thread and each worker's measured speed against it (see the module docstring,
+    Unequal cores); all ones until the pool has that many workers."""
     speeds = _the_pool().speeds
     if len(speeds) < n_parts - 1:
         return [1.0] * n_parts
@@ -614,13 +619,13 @@ def split_shares(n: int, shares, multiple: int = 1) -> list[tuple[int, int]]:
     parts = min(len(shares), units)
     if parts <= 1:
         return [(0, n)] if n > 0 else []
-    total, before = sum(shares[:parts]), 0.0
-    pieces, lo = [], 0
+    scale = units / sum(shares[:parts])
+    pieces, lo, edge, before = [], 0, 0, 0.0
     for p in range(parts - 1):
         before += shares[p]
         # rounded down, as split does (the same cut for equal shares); at least one unit
         # for this piece and for each one after it
-        edge = min(max(int(units * before / total), lo // multiple + 1), units - (parts - 1 - p))
+        edge = min(max(int(before * scale), edge + 1), units - (parts - 1 - p))
         pieces.append((lo, edge * multiple))
         lo = edge * multiple
     pieces.append((lo, n))
