@@ -109,8 +109,9 @@ DIRECT_A_MAX_PANELS = 4
 #: below this many flops the single-threaded path wins. A native hand-off (threads.
 #: run_native_parts) costs ~7 us a call here: the post 3 + 1.6 us, the wait at the end ~3.
 #: Split against one thread (interleaved, two threads, Intel Xeon family 6 model 207):
-#: the 2.6 MFLOP heads (128 x 256 @ 256 x 40, all three forms) 1.16-1.35x faster, the 1.0-1.3
-#: MFLOP ones 0.62-0.93x (the Python hand-off before needed 4 MFLOP)
+#: the 2.6 MFLOP heads (128 x 256 @ 256 x 40, all three forms) 1.16-1.35x faster (0.98x in an
+#: hour when two threads ran each half 1.3x slower than one alone), the 1.0-1.3 MFLOP ones
+#: 0.62-0.93x (the Python hand-off before needed 4 MFLOP)
 PARALLEL_MIN_FLOPS = 2_000_000
 #: a C tile at least this large (half of a 512 KB L2) is prefetched for writing
 PREFETCH_C_MIN_BYTES = 256 * 1024
