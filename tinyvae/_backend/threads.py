@@ -51,7 +51,8 @@ against 41.6 as Python parts (46.8 on one thread, numpy.matmul 30.1), 256 x 256 
 40 52.7 against 58.1 (numpy 54.0), 64 x 784 @ 784 x 400 298 against 317 (numpy 295).
 Calling through the address, rather than from a compiled function that names the
 kernel, leaves the kernel compiled once: a compiled caller links the callee's code
-into its own and compiles it all again (~1-2 s of cold compile for the GEMM).
+into its own and compiles it all again (a second compiled driver of the GEMM doubled
+its cold compile, see above). The slot writer, runner and spin loop add ~0.8 s.
 
 Unequal cores. The two vCPUs of a VM need not run at one speed: on a 2-vCPU Intel
 Xeon VM (family 6 model 207) one vCPU's half of a product split in two took 1.5x the
