@@ -682,19 +682,35 @@ def test_split_shares_cuts_in_proportion_on_whole_multiples(multiple):
 
 
 def test_part_shares_follow_the_workers_measured_speed():
-    # a worker whose part takes twice as long per unit of work is given less of the next
+    # the speed estimate moves towards each call's measurement (work per BUSY cycle over
+    # the caller's), within SPEED_RANGE; the shares of the next cut follow it (the cycle
+    # counts are set here, not timed: the mechanism, not the machine's speed)
     pool = _threads._the_pool()
+    pool.ensure_workers(1)
     before = list(pool.speeds)
     try:
-        x = np.zeros(200_000)
-        for _ in range(20):
-            # the worker's half is 4x the caller's (work says 1:1): it reads as 4x slower
-            _threads.run_native_parts(_fill_range, [(x, 1, 0, 40_000), (x, 1, 40_000, 200_000)],
-                                      _post_fill, _fill_runner(), "a fill", work=[1, 1])
-        shares = _threads.part_shares(2)
-        assert shares[0] == 1.0 and 0.25 <= shares[1] < 0.5
-        assert _threads.split_shares(100, shares)[0][1] > 66
-        np.testing.assert_array_equal(x, 1.0 + np.arange(200_000))
+        pool.speeds[0] = 1.0
+        for _ in range(30):  # the worker took 4x the caller's cycles for the same work
+            pool.rows[0][_threads.BUSY] = 4000
+            pool._measure_speeds(1, [10, 10], 1000)
+        assert pool.speeds[0] == pytest.approx(0.25, rel=1e-3)
+        assert _threads.part_shares(2) == [1.0, pool.speeds[0]]
+        assert _threads.split_shares(100, _threads.part_shares(2))[0][1] in (79, 80)  # 100 / 1.25
+        pool.speeds[0] = 0.25
+        pool.rows[0][_threads.BUSY] = 1  # far faster than the range allows: capped
+        pool._measure_speeds(1, [10, 10], 1000)
+        assert pool.speeds[0] == pytest.approx(0.25 + _threads.SPEED_SMOOTHING * (4.0 - 0.25))
+        # a worker with half the work in the same cycles reads as half as fast
+        pool.speeds[0] = 1.0
+        pool.rows[0][_threads.BUSY] = 1000
+        pool._measure_speeds(1, [10, 5], 1000)
+        assert pool.speeds[0] == pytest.approx(1.0 + _threads.SPEED_SMOOTHING * (0.5 - 1.0))
+        # a real call measures too: its worker part leaves its cycle count
+        x = np.zeros(1000)
+        _threads.run_native_parts(_fill_range, [(x, 1, 0, 500), (x, 1, 500, 1000)], _post_fill,
+                                  _fill_runner(), "a fill", work=[500, 500])
+        assert pool.rows[0][_threads.BUSY] > 0
+        np.testing.assert_array_equal(x, 1.0 + np.arange(1000))
     finally:
         pool.speeds[:len(before)] = before
 
