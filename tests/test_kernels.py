@@ -676,9 +676,13 @@ def test_split_shares_cuts_in_proportion_on_whole_multiples(multiple):
             total = sum(shares[:len(pieces)])
             for (lo, hi), share in zip(pieces[:-1], shares, strict=False):
                 assert abs((hi - lo) - n * share / total) <= 2 * multiple or hi - lo == multiple
-    # equal shares cut as split does
-    for n in (7, 100, 784):
-        assert _threads.split_shares(n, [1.0, 1.0], multiple) == _threads.split(n, 2, multiple)
+    # equal shares: piece c ends at units * c // parts whole multiples
+    for n in (7, 100, 784, 1000):
+        units = -(-n // multiple)
+        for parts in (2, 3, 7):
+            edges = [hi for _, hi in _threads.split_shares(n, [1.0] * parts, multiple)[:-1]]
+            cuts = min(parts, units)  # at most one piece a unit
+            assert edges == [units * c // cuts * multiple for c in range(1, cuts)]
 
 
 def test_part_shares_follow_the_workers_measured_speed():

@@ -92,7 +92,6 @@ from tinyvae._backend.threads import (
     pointer_to,
     run_native_parts,
     run_parts,
-    split,
     split_shares,
 )
 
@@ -813,8 +812,7 @@ def _thread_tiles(m, n, n_threads, dtype, shares=None):
     col_panels, row_panels = -(-n // nr), -(-m // MR)
     by_columns = m <= n and (col_panels >= 2 * n_threads or col_panels >= row_panels)
     length, multiple = (n, nr) if by_columns else (m, 2 * MR if TALL_TILES else MR)
-    pieces = (split(length, n_threads, multiple) if shares is None
-              else split_shares(length, shares, multiple))
+    pieces = split_shares(length, shares or [1] * n_threads, multiple)
     if by_columns:
         return [(0, m, j0, j1) for j0, j1 in pieces]
     return [(i0, i1, 0, n) for i0, i1 in pieces]

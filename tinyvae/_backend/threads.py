@@ -430,16 +430,14 @@ class _SpinPool:
     def _work(self, w):
         seen = 0
         while True:
-            posted, python_part = _serve(self.posted, w, seen, self.rows[w], self.slots[w],
-                                         WORKER_SPINS)
+            seen, python_part = _serve(self.posted, w, seen, self.rows[w], self.slots[w],
+                                       WORKER_SPINS)
             if not python_part:
-                seen = posted
                 with self.wakeup:
                     while _announce_sleep(self.asleep, self.posted, w) == seen:
                         self.wakeup.wait()
                     self.asleep[w] = 0
                 continue  # _serve takes the part that came, native or not
-            seen = posted
             kernel, args = self.tasks[w]
             self.tasks[w] = None
             try:
@@ -563,12 +561,8 @@ def run_parts(kernel, parts) -> None:
     If another thread is already using the workers, the parts run here one after
     another: the same results, computed without parallelism.
     """
-    if len(parts) <= 1:  # (no parts: an empty range, nothing to do)
-        for args in parts:
-            kernel(*args, NO_PROGRESS)
-        return
-    pool = _the_pool()
-    if not pool.busy.acquire(blocking=False):
+    pool = _claim_pool(parts)
+    if pool is None:
         for args in parts:
             kernel(*args, NO_PROGRESS)
         return
@@ -576,6 +570,16 @@ def run_parts(kernel, parts) -> None:
         pool.run(kernel, parts)
     finally:
         pool.busy.release()
+
+
+def _claim_pool(parts):
+    """The pool, its workers taken (busy), for a call of these parts; None when they need
+    no worker (one part or none: an empty range) or another thread holds the workers, and
+    the caller runs every part itself."""
+    if len(parts) <= 1:
+        return None
+    pool = _the_pool()
+    return pool if pool.busy.acquire(blocking=False) else None
 
 
 def part_shares(n_parts):
@@ -601,8 +605,8 @@ def run_native_parts(kernel, parts, post, addresses, what="a native part", work=
     If another thread is already using the workers, the parts run here one after another
     through kernel itself: the same results.
     """
-    pool = _the_pool() if len(parts) > 1 else None
-    if pool is None or not pool.busy.acquire(blocking=False):
+    pool = _claim_pool(parts)
+    if pool is None:
         for args in parts:
             kernel(*args, NO_PROGRESS)
         return
@@ -620,13 +624,14 @@ def split_shares(n: int, shares, multiple: int = 1) -> list[tuple[int, int]]:
     parts = min(len(shares), units)
     if parts <= 1:
         return [(0, n)] if n > 0 else []
-    scale = units / sum(shares[:parts])
-    pieces, lo, edge, before = [], 0, 0, 0.0
+    total = sum(shares[:parts])
+    pieces, lo, edge, before = [], 0, 0, 0
     for p in range(parts - 1):
         before += shares[p]
-        # rounded down, as split does (the same cut for equal shares); at least one unit
-        # for this piece and for each one after it
-        edge = min(max(int(before * scale), edge + 1), units - (parts - 1 - p))
+        # rounded down (for equal shares units * c // parts exactly: the quotient of two
+        # whole numbers is rounded correctly); at least one unit for this piece and for
+        # each one after it
+        edge = min(max(int(units * before / total), edge + 1), units - (parts - 1 - p))
         pieces.append((lo, edge * multiple))
         lo = edge * multiple
     pieces.append((lo, n))
@@ -634,18 +639,7 @@ def split_shares(n: int, shares, multiple: int = 1) -> list[tuple[int, int]]:
 
 
 def split(n: int, parts: int, multiple: int = 1) -> list[tuple[int, int]]:
-    """Cut range(n) into at most `parts` contiguous [lo, hi) pieces whose inner edges are
-    multiples of `multiple` (a vector width, a register-tile height)."""
-    units = -(-n // multiple)
-    parts = min(parts, units)
-    if parts <= 1:  # the common case on one thread, kept short
-        return [(0, n)] if n > 0 else []
-    # inner edges: units * c // parts whole multiples, rising by at least one unit (parts
-    # <= units) and below n; called ~20 times a training step, so no list of edges
-    pieces, lo = [], 0
-    for c in range(1, parts):
-        hi = units * c // parts * multiple
-        pieces.append((lo, hi))
-        lo = hi
-    pieces.append((lo, n))
-    return pieces
+    """Cut range(n) into at most `parts` contiguous [lo, hi) pieces of equal shares whose
+    inner edges are multiples of `multiple` (a vector width, a register-tile height):
+    piece c ends at units * c // parts whole multiples (split_shares with equal shares)."""
+    return split_shares(n, [1] * parts, multiple)
