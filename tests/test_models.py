@@ -381,6 +381,34 @@ def test_the_finiteness_check_agrees_with_isfinite(dtype):
     assert not all_finite(both)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 3), (300, 1024), (4099, 65)])
+def test_value_range_is_min_and_max_read_in_blocks(shape):
+    """_checks.value_range reads a data set in blocks of rows; it must give x.min() and
+    x.max() on any shape (one row, one block, many with a short last one), and NaN
+    wherever a NaN is."""
+    from tinyvae._checks import value_range
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    assert value_range(x, block_bytes=4096) == (float(x.min()), float(x.max()))
+    assert value_range(x) == (float(x.min()), float(x.max()))
+    x[-1, -1] = np.nan
+    assert all(np.isnan(value_range(x, block_bytes=4096)))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, -0.5, 1.25])
+@pytest.mark.parametrize("row", [0, 1234, 4098])
+def test_a_bad_value_anywhere_in_a_float32_data_set_is_named(bad, row):
+    """Data already in the model's dtype is read once, by the [0, 1] range check, which
+    must still tell a NaN or inf (and its row) from a value out of range."""
+    m = tv.VAE(8, (4,), 2)                                  # Bernoulli, float32
+    x = np.full((4099, 8), 0.5, np.float32)
+    x[row, 5] = bad
+    pattern = (rf"X: expected finite values, got NaN or inf \(first in row {row}\)"
+               if not np.isfinite(bad) else rf"X: expected values in \[0, 1\].*{bad:g}")
+    with pytest.raises(ValueError, match=pattern):
+        m.fit(x, steps=1, progress=False)
+
+
 def test_rows_too_large_for_the_model_dtype_are_named():
     m = tv.VAE(8, (4,), 2, likelihood="gaussian")           # float32
     with pytest.raises(ValueError, match=r"x: values up to 1e\+300 overflow float32"):

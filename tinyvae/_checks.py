@@ -105,6 +105,29 @@ def all_finite(x) -> bool:
     return bool(np.isfinite(x).all())
 
 
+def value_range(x, block_bytes=1 << 18):
+    """(min, max) of a C-contiguous array x; NaN if x holds a NaN.
+
+    Read in blocks of rows of about block_bytes, so that max finds in cache what min has
+    just read: one pass over memory instead of two (the main job's 100,000 images, 410
+    MB, in ~48 ms against ~65 for x.min() then x.max() on the Intel Xeon of PERF_NOTES).
+    """
+    rows = max(1, block_bytes // max(1, x[:1].nbytes))
+    if len(x) <= rows:
+        return float(x.min()), float(x.max())
+    starts = range(0, len(x), rows)
+    lows, highs = np.empty(len(starts), x.dtype), np.empty(len(starts), x.dtype)
+    for k, i in enumerate(starts):
+        block = x[i:i + rows]
+        lows[k], highs[k] = block.min(), block.max()
+    return float(lows.min()), float(highs.max())
+
+
+def _not_finite(name, x):
+    row = int(np.argwhere(~np.isfinite(x))[0, 0])
+    return ValueError(f"{name}: expected finite values, got NaN or inf (first in row {row})")
+
+
 def as_batch(name, x, width, dtype, unit_interval=False):
     """Validate a (n, width) float batch and return it as a contiguous `dtype` array.
 
@@ -124,9 +147,11 @@ def as_batch(name, x, width, dtype, unit_interval=False):
         hint = " (for images stored as 0..255 integers, divide by 255)" if np.issubdtype(
             x.dtype, np.integer) else ""
         raise TypeError(f"{name}: expected a float array, got dtype {x.dtype}{hint}")
-    if not all_finite(x):
-        row = int(np.argwhere(~np.isfinite(x))[0, 0])
-        raise ValueError(f"{name}: expected finite values, got NaN or inf (first in row {row})")
+    # Values in [0, 1] are finite: when that range is checked on x itself (no cast
+    # between), it alone decides, and the data set is read once, not three times.
+    range_decides = unit_interval and x.dtype == dtype and x.flags.c_contiguous
+    if not range_decides and not all_finite(x):
+        raise _not_finite(name, x)
     given = x
     with np.errstate(over="ignore"):
         x = np.ascontiguousarray(x, dtype=dtype)
@@ -135,8 +160,10 @@ def as_batch(name, x, width, dtype, unit_interval=False):
                          f"{np.dtype(dtype).name} (largest {np.finfo(dtype).max:.3g}); rescale "
                          "the data or use a float64 model")
     if unit_interval:
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0 or hi > 1:
+        lo, hi = value_range(x)
+        if not (lo >= 0 and hi <= 1):
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                raise _not_finite(name, x)
             raise ValueError(
                 f"{name}: expected values in [0, 1] for a Bernoulli decoder, got range "
                 f"[{lo:.4g}, {hi:.4g}] (rescale the data, or use likelihood='gaussian')"
