@@ -470,6 +470,39 @@ def test_optimizer_by_hand_matches_reference_formulae():
         opt.step(p, {"v": g["w"]})
 
 
+@pytest.mark.parametrize("make", [lambda: tv.Adam(lr=0.1), lambda: tv.SGD(lr=0.1),
+                                  lambda: tv.Adagrad(lr=0.1)])
+def test_a_refused_optimizer_step_changes_nothing(make):
+    """Every gradient is checked before any parameter moves: a bad last entry leaves the
+    parameters, the step count and the state as they were."""
+    opt = make()
+    params = {"a": np.ones(3), "b": np.ones((2, 2))}
+    opt.step(params, {"a": np.ones(3), "b": np.ones((2, 2))})
+    before = ({k: v.copy() for k, v in params.items()}, opt.t,
+              {k: v.copy() for k, v in opt.state_arrays().items()})
+    with pytest.raises(ValueError, match=r"grads\['b'\]: expected shape \(2, 2\)"):
+        opt.step(params, {"a": np.ones(3), "b": np.ones(4)})
+    for k in params:
+        np.testing.assert_array_equal(params[k], before[0][k])
+    assert opt.t == before[1]
+    for k, v in opt.state_arrays().items():
+        np.testing.assert_array_equal(v, before[2][k])
+
+
+def test_optimizer_state_loaded_in_fortran_order_still_updates_in_place():
+    """load_state keeps its arrays in C order: the update kernels work on flat views."""
+    params = {"w": np.arange(6.0).reshape(2, 3)}
+    grads = {"w": np.ones((2, 3))}
+    ref, opt = tv.Adam(lr=0.1), tv.Adam(lr=0.1)
+    p_ref = {"w": params["w"].copy()}
+    ref.step(p_ref, grads)
+    opt.step(params, grads)
+    opt.load_state(opt.t, {k: np.asfortranarray(v) for k, v in opt.state_arrays().items()})
+    ref.step(p_ref, grads)
+    opt.step(params, grads)
+    np.testing.assert_array_equal(params["w"], p_ref["w"])
+
+
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_update_kernels_refuse_non_contiguous_parameters(backend):
     """reshape(-1) of a strided view is a copy: an in-place update would be lost."""

@@ -41,7 +41,9 @@ class Optimizer:
             raise ValueError(
                 f"grads: expected the keys of params {sorted(params)}, got {sorted(grads)}"
             )
-        self.t += 1
+        # every array is checked before any is updated: a bad entry leaves the model and
+        # the optimizer as they were
+        arrays = []
         for name, p in params.items():
             g = grads[name]
             if g.shape != p.shape or g.dtype != p.dtype:
@@ -51,10 +53,13 @@ class Optimizer:
                 )
             if not p.flags.c_contiguous:
                 raise ValueError(f"params[{name!r}]: expected a C-contiguous array")
+            arrays.append((name, p, np.ascontiguousarray(g)))
+        self.t += 1
+        for name, p, g in arrays:
             state = self.state.get(name)
             if state is None:
                 state = self.state[name] = self._init_state(p)
-            self._update(p, np.ascontiguousarray(g), state)
+            self._update(p, g, state)
 
     def _init_state(self, p):
         return {slot: np.zeros_like(p) for slot in self.slots}
@@ -78,7 +83,8 @@ class Optimizer:
         self.state = {}
         for key, arr in arrays.items():
             name, slot = key.rsplit("/", 1)
-            self.state.setdefault(name, {})[slot] = np.array(arr)
+            # C order: the update kernels change the state in place through flat views
+            self.state.setdefault(name, {})[slot] = np.array(arr, order="C")
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "class")
