@@ -757,12 +757,14 @@ def gemm_into(c, a, b, trans_a, trans_b, bias=None, act=NO_EPILOGUE, alpha=None,
     if bias is None:
         bias = _NO_BIAS[c.dtype]
     flat = c.ravel()
-    if 2 * m * n * k < PARALLEL_MIN_FLOPS or n_threads == 1:
-        # the common small case, kept short: every microsecond here is paid ~15 times a step
+    small = 2 * m * n * k < PARALLEL_MIN_FLOPS
+    threads = 1 if small else (num_threads() if n_threads is None else n_threads)
+    if threads == 1:
+        # small products, and every product on one thread, kept short: every microsecond
+        # here is paid ~15 times a step (cutting a product into one tile took ~5 us)
         _gemm_tile(ab, ao, ars, acs, bb, bo, brs, bcs, flat, n, m, n, k,
                    0, m, 0, n, kc, mc, bias, act, NO_PROGRESS)
     else:
-        threads = num_threads() if n_threads is None else n_threads
         native = ab.dtype == bb.dtype == bias.dtype == c.dtype and bias.flags.c_contiguous
         # native tiles in proportion to the threads' measured speeds (threads.part_shares)
         tiles = _thread_tiles(m, n, threads, c.dtype, part_shares(threads) if native else None)
