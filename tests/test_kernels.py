@@ -264,16 +264,16 @@ def test_gemm_thread_tiles_cover_c_once(m, n, n_threads, unequal, dtype):
     tiles = gemm._thread_tiles(m, n, n_threads, dtype, shares)
     assert 1 <= len(tiles) <= n_threads
     covered = np.zeros((m, n), int)
-    for i0, i1, j0, j1 in tiles:
-        covered[i0:i1, j0:j1] += 1
+    for i0, rows, j0, cols in tiles:
+        covered[i0:i0 + rows, j0:j0 + cols] += 1
     np.testing.assert_array_equal(covered, 1)
-    by_rows = all((j0, j1) == (0, n) for _, _, j0, j1 in tiles)
+    by_rows = all((j0, cols) == (0, n) for _, _, j0, cols in tiles)
     if m > n:
         assert by_rows
     nr = 2 * gemm.VECTOR_BYTES // dtype.itemsize
     tile_rows = 2 * gemm.MR if gemm.TALL_TILES else gemm.MR
-    for _, i1, _, j1 in tiles[:-1]:
-        assert (i1 % tile_rows == 0) if by_rows else (j1 % nr == 0)
+    for i0, rows, j0, cols in tiles[:-1]:
+        assert ((i0 + rows) % tile_rows == 0) if by_rows else ((j0 + cols) % nr == 0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -719,11 +719,16 @@ def test_part_shares_follow_the_workers_measured_speed():
         pool.speeds[:len(before)] = before
 
 
+def _equal_pieces(n, parts, multiple=1):
+    """range(n) cut into `parts` pieces of equal shares (threads.split_shares)."""
+    return _threads.split_shares(n, [1] * parts, multiple)
+
+
 @pytest.mark.parametrize("multiple", [1, 12, 32])
-def test_split_cuts_a_range_into_balanced_pieces_on_whole_multiples(multiple):
+def test_equal_shares_cut_a_range_into_balanced_pieces_on_whole_multiples(multiple):
     for n in [0, 1, 5, 11, 12, 13, 40, 100, 256, 1000]:
         for parts in [1, 2, 3, 7, 64]:
-            pieces = _threads.split(n, parts, multiple)
+            pieces = _equal_pieces(n, parts, multiple)
             units = -(-n // multiple)
             assert len(pieces) == min(parts, units)
             if n == 0:
@@ -759,7 +764,7 @@ def test_num_threads_follows_numba_on_each_thread():
 
 def test_run_parts_runs_every_part_once_even_with_more_parts_than_cores():
     x = np.zeros(100)
-    parts = [(x, 0.5, lo, hi) for lo, hi in _threads.split(100, 7)]
+    parts = [(x, 0.5, lo, hi) for lo, hi in _equal_pieces(100, 7)]
     for _ in range(50):  # repeated hand-offs to spinning and to sleeping workers
         x[:] = 0
         _threads.run_parts(_fill_range, parts)
@@ -796,7 +801,7 @@ def test_claim_gives_every_index_to_exactly_one_part():
 def test_run_parts_wakes_a_sleeping_worker():
     # a worker sleeps after ~1 ms without work; each call must still get all its parts done
     x = np.zeros(100)
-    parts = [(x, 1.5, lo, hi) for lo, hi in _threads.split(100, 2)]
+    parts = [(x, 1.5, lo, hi) for lo, hi in _equal_pieces(100, 2)]
     for _ in range(5):
         time.sleep(0.01)
         x[:] = 0
@@ -809,7 +814,7 @@ def test_run_parts_adds_workers_while_the_others_sleep():
     for n_parts in (2, 9, 12):
         time.sleep(0.01)
         x = np.zeros(100)
-        _threads.run_parts(_fill_range, [(x, 2.5, lo, hi) for lo, hi in _threads.split(100, n_parts)])
+        _threads.run_parts(_fill_range, [(x, 2.5, lo, hi) for lo, hi in _equal_pieces(100, n_parts)])
         np.testing.assert_array_equal(x, 2.5 + np.arange(100))
 
 
@@ -833,7 +838,7 @@ def test_run_parts_returns_once_its_workers_are_idle_again():
     for n_parts in (2, 3):
         for _ in range(5):
             x = np.zeros(100)
-            _threads.run_parts(_done_early, [(x, lo, hi) for lo, hi in _threads.split(100, n_parts)])
+            _threads.run_parts(_done_early, [(x, lo, hi) for lo, hi in _equal_pieces(100, n_parts)])
             for w in range(n_parts - 1):
                 assert pool.rows[w][_threads.IDLE] == pool.posted[w]
             np.testing.assert_array_equal(x, 1.0)
@@ -876,7 +881,7 @@ def test_run_native_parts_runs_every_part_once_on_workers_without_python():
     for n_parts in (2, 3, 5, 2):  # more parts than cores, and the pool grown meanwhile
         for pause in (0.0, 0.01):  # to spinning workers, and to sleeping ones
             x = np.zeros(100)
-            parts = [(x, 3, lo, hi) for lo, hi in _threads.split(100, n_parts)]
+            parts = [(x, 3, lo, hi) for lo, hi in _equal_pieces(100, n_parts)]
             time.sleep(pause)
             _threads.run_native_parts(_fill_range, parts, _post_fill, runner, "a fill")
             np.testing.assert_array_equal(x, 3.0 + np.arange(100))
@@ -886,7 +891,7 @@ def test_run_native_parts_runs_every_part_once_on_workers_without_python():
                 assert pool.rows[w][_threads.IDLE] == pool.posted[w]
     # a Python part after native ones runs as a Python part
     x = np.zeros(100)
-    _threads.run_parts(_fill_range, [(x, 2.0, lo, hi) for lo, hi in _threads.split(100, 2)])
+    _threads.run_parts(_fill_range, [(x, 2.0, lo, hi) for lo, hi in _equal_pieces(100, 2)])
     np.testing.assert_array_equal(x, 2.0 + np.arange(100))
 
 
@@ -917,7 +922,7 @@ def test_run_parts_from_several_python_threads_at_once():
 
     def work(x):
         for _ in range(30):
-            _threads.run_parts(_fill_range, [(x, 1.0, lo, hi) for lo, hi in _threads.split(5000, 2)])
+            _threads.run_parts(_fill_range, [(x, 1.0, lo, hi) for lo, hi in _equal_pieces(5000, 2)])
 
     callers = [threading.Thread(target=work, args=(x,)) for x in outputs]
     for t in callers:

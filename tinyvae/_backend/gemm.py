@@ -769,11 +769,11 @@ def gemm_into(c, a, b, trans_a, trans_b, bias=None, act=NO_EPILOGUE, alpha=None,
         # native tiles in proportion to the threads' measured speeds (threads.part_shares)
         tiles = _thread_tiles(m, n, threads, c.dtype, part_shares(threads) if native else None)
         parts = [(ab, ao, ars, acs, bb, bo, brs, bcs, flat, n, m, n, k,
-                  i0, i1 - i0, j0, j1 - j0, kc, mc, bias, act) for i0, i1, j0, j1 in tiles]
+                  i0, rows, j0, cols, kc, mc, bias, act) for i0, rows, j0, cols in tiles]
         if native:
             # the workers' tiles through _gemm_tile's address, no Python on their side
             run_native_parts(_gemm_tile, parts, _post_tile, _native_tile(c.dtype), "a GEMM tile",
-                             [(i1 - i0) * (j1 - j0) for i0, i1, j0, j1 in tiles])
+                             [rows * cols for _, rows, _, cols in tiles])
         else:
             run_parts(_gemm_tile, parts)
     if act not in _IN_EPILOGUE:
@@ -797,7 +797,7 @@ def _activate_rows(c, m, n, act, alpha):
 
 
 def _thread_tiles(m, n, n_threads, dtype, shares=None):
-    """Cut C (m, n) into n_threads tiles (i0, i1, j0, j1), by columns or by rows: equal
+    """Cut C (m, n) into n_threads tiles (i0, rows, j0, cols), by columns or by rows: equal
     tiles, or tile t about shares[t] / sum(shares) of C (threads.split_shares).
 
     Each thread packs the part of op(A) its rows need and the part of op(B) its columns
@@ -816,8 +816,8 @@ def _thread_tiles(m, n, n_threads, dtype, shares=None):
     length, multiple = (n, nr) if by_columns else (m, 2 * MR if TALL_TILES else MR)
     pieces = split_shares(length, shares or [1] * n_threads, multiple)
     if by_columns:
-        return [(0, m, j0, j1) for j0, j1 in pieces]
-    return [(i0, i1, 0, n) for i0, i1 in pieces]
+        return [(0, m, j0, j1 - j0) for j0, j1 in pieces]
+    return [(i0, i1 - i0, 0, n) for i0, i1 in pieces]
 
 
 def empty_output(m, n, k, dtype):

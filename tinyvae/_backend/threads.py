@@ -636,10 +636,3 @@ def split_shares(n: int, shares, multiple: int = 1) -> list[tuple[int, int]]:
         lo = edge * multiple
     pieces.append((lo, n))
     return pieces
-
-
-def split(n: int, parts: int, multiple: int = 1) -> list[tuple[int, int]]:
-    """Cut range(n) into at most `parts` contiguous [lo, hi) pieces of equal shares whose
-    inner edges are multiples of `multiple` (a vector width, a register-tile height):
-    piece c ends at units * c // parts whole multiples (split_shares with equal shares)."""
-    return split_shares(n, [1] * parts, multiple)
