@@ -397,11 +397,13 @@ def test_value_range_is_min_and_max_read_in_blocks(shape):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, -0.5, 1.25])
 @pytest.mark.parametrize("row", [0, 1234, 4098])
-def test_a_bad_value_anywhere_in_a_float32_data_set_is_named(bad, row):
+@pytest.mark.parametrize("strided", [False, True])
+def test_a_bad_value_anywhere_in_a_float32_data_set_is_named(bad, row, strided):
     """Data already in the model's dtype is read once, by the [0, 1] range check, which
-    must still tell a NaN or inf (and its row) from a value out of range."""
+    must still tell a NaN or inf (and its row) from a value out of range; also when the
+    data is a strided view, checked on its contiguous copy."""
     m = tv.VAE(8, (4,), 2)                                  # Bernoulli, float32
-    x = np.full((4099, 8), 0.5, np.float32)
+    x = np.full((4099, 16), 0.5, np.float32)[:, ::2] if strided else np.full((4099, 8), 0.5, np.float32)
     x[row, 5] = bad
     pattern = (rf"X: expected finite values, got NaN or inf \(first in row {row}\)"
                if not np.isfinite(bad) else rf"X: expected values in \[0, 1\].*{bad:g}")
