@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tinyvae as tv
-from tinyvae import gradcheck, layers
+from tinyvae import gradcheck, kernels, layers
 from tinyvae import run as runs
 
 BACKENDS = ["numpy", "numba"]
@@ -203,6 +203,40 @@ def test_fused_decoder_loss_gives_the_same_bits_on_any_thread_count():
     for run in runs[1:]:
         for a, b in zip(runs[0], run, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_part_that_reaches_an_image_before_image_0_gives_it_its_own_gradients():
+    """In the fused kernel each thread takes the next image as it comes free, so a thread
+    can finish image i's forward and NLL before another thread has written image 0's
+    dlogits. Image i's backward must read its own dlogits only: it once took the sign of
+    a zero from dlogits[0], uninitialised memory at that moment, and a NaN there made
+    image i's output-layer gradient NaN (the rare two-thread non-finite gradients of the
+    main job). Here one part starts at image 1 with image 0's dlogits still NaN."""
+    from tinyvae._backend import nb_kernels, pixel_net
+    from tinyvae._backend.threads import NO_PROGRESS
+
+    rng = np.random.default_rng(5)
+    n, shape = 3, (8, 8)
+    z, coords, first, dense, out = random_pixel_decoder(rng, np.float32, n, 4, shape, (32, 32))
+    P = shape[0] * shape[1]
+    x = (rng.random(n * P) < 0.3).astype(np.float32)
+    net = nb_kernels._pixel_network(z, coords, first, dense, out)
+    results = []
+    for start, fill in ((0, 0.0), (1, np.nan)):
+        nll, logits = np.zeros(n, np.float32), np.zeros(n * P, np.float32)
+        dlogits = np.full(n * P, fill, np.float32)
+        grads = nb_kernels._pixel_gradient_arrays(n, net, np.float32)
+        pixel_net.train_images(net.zW, net.cwb, net.Ws, net.bs, net.w_out, net.b_out, x,
+                               np.float32(1 / n), net.coords, net.WTs, net.dims, net.P, net.Pp,
+                               np.int64(kernels.activation_code("relu")), np.float32(0.01), nll,
+                               logits, dlogits, *grads, np.array([start], np.int64), n,
+                               NO_PROGRESS)
+        per_image = [a.reshape(n, -1)[1:] for a in (nll, logits, dlogits, *grads[0], *grads[1],
+                                                    *grads[2:])]
+        results.append(per_image)
+    for whole, late in zip(*results, strict=True):
+        assert np.isfinite(late).all()
+        np.testing.assert_array_equal(late, whole)
 
 
 def test_a_kept_forward_cache_gives_its_own_gradients_after_other_forwards():

@@ -332,7 +332,10 @@ def _output_layer_backward(dlogits, last, w_out, d, i, P, K, Pp, dw_out, relu, d
     FMA latency). Each block still sums its pixels in order: the same bits.
     """
     L = lanes(d)
-    zero = dlogits[0] * 0
+    # image i's own element: the fused kernel's other threads may not have written
+    # another image's dlogits yet (dlogits[0] read here was uninitialised memory for
+    # a thread that reached image i before image 0's NLL: a NaN there made dw_out NaN)
+    zero = dlogits[i * P] * 0
     zeros, ones = vsplat(d, 0), vsplat(d, 1)
     bias = db.size >= db_off + K
     # _bias_grad starts its chains at d[0] * 0; d[0] has the sign of this product
