@@ -464,6 +464,26 @@ def test_activations_match_reference(rng, kind, activation, dtype):
     np.testing.assert_array_equal(da2, da)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (64, 400), (5, 33)])
+def test_relu_bias_backward_kernel_gives_the_general_kernels_bits(rng, dtype, shape):
+    """activation_bias_backward sends the ReLU to its own kernel (less to compile); it
+    must give exactly what the all-activations kernel gives for the ReLU, zeros and
+    NaN included."""
+    from tinyvae._backend import fused
+
+    dy = rng.standard_normal(shape).astype(dtype)
+    y = np.maximum(rng.standard_normal(shape), 0).astype(dtype)
+    y.flat[0], dy.flat[-1] = np.nan, np.nan
+    relu = (np.empty(shape, dtype), np.empty(shape[1], dtype))
+    general = (np.empty(shape, dtype), np.empty(shape[1], dtype))
+    fused.relu_bias_grad_into(dy, y, *relu)
+    fused.activation_bias_grad_into(dy, y, fused.RELU, dtype(0.0), *general)
+    for a, b in zip(relu, general, strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert np.array_equal(np.signbit(a), np.signbit(b))
+
+
 def test_activations_keep_nan():
     a = np.array([[np.nan, 1.0, -1.0]])
     for activation in K.ACTIVATIONS:

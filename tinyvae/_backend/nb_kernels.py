@@ -103,7 +103,10 @@ def activation_bias_backward(dy, y, act_code, alpha):
     y = np.ascontiguousarray(y)
     da = np.empty(y.shape, y.dtype)
     db = np.empty(y.shape[1], y.dtype)
-    _fused.activation_bias_grad_into(dy, y, act_code, y.dtype.type(alpha), da, db)
+    if act_code == _fused.RELU:
+        _fused.relu_bias_grad_into(dy, y, da, db)
+    else:
+        _fused.activation_bias_grad_into(dy, y, act_code, y.dtype.type(alpha), da, db)
     return da, db
 
 
