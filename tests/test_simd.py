@@ -9,9 +9,12 @@ from tinyvae._backend.numba_flags import FASTMATH, njit
 from tinyvae._backend.simd import (
     VECTOR_BYTES,
     add_in_order,
+    flush_subnormal,
+    lanes,
     opaque,
     vbroadcast_like,
     vfma,
+    vload,
     vload_like,
     vstore,
     vzero_half,
@@ -86,3 +89,32 @@ def test_opaque_is_the_identity_and_hides_the_index_from_llvm():
 def test_opaque_accepts_integers_only():
     with pytest.raises(numba.TypingError):
         numba.njit(lambda v: opaque(v))(1.5)
+
+
+@njit
+def _flush_scalars(x, out):
+    for i in range(x.size):
+        out[i] = flush_subnormal(x[i])
+
+
+@njit
+def _flush_vectors(x, out):
+    L = lanes(x)
+    for i in range(0, x.size - L + 1, L):
+        vstore(out, i, flush_subnormal(vload(x, i)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("flush", [_flush_scalars, _flush_vectors])
+def test_flush_subnormal_zeroes_exactly_the_subnormals(dtype, flush):
+    tiny = np.finfo(dtype).tiny
+    smallest = np.nextafter(dtype(0), dtype(1))
+    special = [0.0, -0.0, tiny, -tiny, np.nextafter(tiny, 0), -tiny / 3, smallest, -smallest,
+               np.nextafter(tiny, 1), 1.0, -2.5, np.inf, -np.inf, np.nan, 1e-30, 3.0]
+    lanes_ = VECTOR_BYTES // np.dtype(dtype).itemsize
+    x = np.resize(np.array(special, dtype), 2 * lanes_)
+    out = np.full_like(x, 7)
+    flush(x, out)
+    want = np.where(np.abs(x) < tiny, dtype(0), x)   # NaN compares false: kept
+    np.testing.assert_array_equal(out, want)
+    assert not np.signbit(out[np.abs(x) < tiny]).any()   # -0 and negative subnormals: +0

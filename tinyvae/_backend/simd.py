@@ -339,6 +339,41 @@ def vsqrt(typingctx, a):
 
 
 @intrinsic
+def flush_subnormal(typingctx, x):
+    """x, or +0 where |x| is below the smallest normal float (a subnormal, or a zero),
+    for a scalar or lane by lane; NaN and inf pass unchanged.
+
+    For state that decays towards zero, such as Adam's first moment of a weight whose
+    gradient is zero step after step (0.9^t reaches the subnormals after ~830 steps):
+    arithmetic on subnormal operands takes a microcode assist on Intel cores, ~100
+    cycles. No fast-math flags, so the comparison stays exact.
+    """
+    if isinstance(x, SimdVector):
+        dtype = x.dtype
+    elif isinstance(x, types.Float):
+        dtype = x
+    else:
+        return None
+    smallest_normal = float(np.finfo(str(dtype)).tiny)
+
+    def codegen(context, builder, sig, args):
+        (v,) = args
+        ty = v.type
+        if isinstance(ty, ir.VectorType):
+            tiny = ir.Constant(ty, [ir.Constant(ty.element, smallest_normal)] * ty.count)
+            zero = ir.Constant(ty, [ir.Constant(ty.element, 0.0)] * ty.count)
+            fabs = f"llvm.fabs.v{ty.count}f{dtype.bitwidth}"
+        else:
+            tiny, zero = ir.Constant(ty, smallest_normal), ir.Constant(ty, 0.0)
+            fabs = f"llvm.fabs.f{dtype.bitwidth}"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty]), fabs)
+        small = builder.fcmp_ordered("<", builder.call(fn, [v]), tiny)
+        return builder.select(small, zero, v)
+
+    return x(x), codegen
+
+
+@intrinsic
 def add_in_order(typingctx, a, b):
     """a + b for two scalars of one float type, kept in the order written.
 

@@ -14,7 +14,7 @@ independent, so the result does not depend on the split.
 from __future__ import annotations
 
 from tinyvae._backend.numba_flags import njit, njit_inline
-from tinyvae._backend.simd import lanes, sqrt, vload, vstore
+from tinyvae._backend.simd import flush_subnormal, lanes, sqrt, vload, vstore
 from tinyvae._backend.threads import part_done, part_started
 
 #: arrays at least this long are updated by all threads (a hand-off costs ~10-30 us)
@@ -28,9 +28,17 @@ PARALLEL_MIN_SIZE = 1 << 17
 
 @njit_inline
 def _adam(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, decay):
-    """m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  p <- p - lr m_hat / (sqrt(v_hat) + eps)."""
-    m = b1 * m + c1 * g
-    v = b2 * v + c2 * (g * g)
+    """m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  p <- p - lr m_hat / (sqrt(v_hat) + eps).
+
+    A moment below the smallest normal float is stored as 0 (simd.flush_subnormal): a
+    weight whose gradient stays 0 (a dead unit, a pixel that is always blank) has its m
+    decay by b1 every step into the subnormals, which made the whole update ~7x slower
+    on an Intel core late in the main job (1.6 ms against 0.24 a step, two threads).
+    What it drops is below 1e-38 and moves no parameter: lr m_hat / (sqrt(v_hat) + eps)
+    with eps = 1e-8 is then below 1e-33.
+    """
+    m = flush_subnormal(b1 * m + c1 * g)
+    v = flush_subnormal(b2 * v + c2 * (g * g))
     if decay:
         p = p - lr_wd * p
     p = p - lr * (m * inv_bc1) / (sqrt(v * inv_bc2) + eps)
@@ -63,10 +71,12 @@ def adam_range(p, g, m, v, b1, c1, b2, c2, lr, inv_bc1, inv_bc2, eps, lr_wd, dec
 
 @njit_inline
 def _sgd(p, g, vel, lr, momentum, nesterov, wd, decay):
-    """g' = g + wd p;  vel <- momentum vel + g';  p <- p - lr (g' + momentum vel | vel)."""
+    """g' = g + wd p;  vel <- momentum vel + g' (0 if subnormal);  p <- p - lr (g' + momentum
+    vel | vel)."""
     if decay:
         g = g + wd * p
-    vel = momentum * vel + g
+    # a velocity decaying into the subnormals is stored as 0, as Adam's moments are (_adam)
+    vel = flush_subnormal(momentum * vel + g)
     if nesterov:
         p = p - lr * (g + momentum * vel)
     else:
