@@ -215,6 +215,27 @@ def test_fused_kernel_matches_reference(dtype, B, d, strided):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_kernel_matches_reference_where_weights_underflow(dtype):
+    """Narrow, distant posteriors, as a trained model's are: most pairs' softmax weights
+    are ~1e-38 or less, and their products fall into the subnormals."""
+    rng = np.random.default_rng(9)
+    B, d = 96, 6
+    mu = (8 * rng.standard_normal((B, d))).astype(dtype)
+    logvar = np.full((B, d), -3.0, dtype)
+    z = (mu + np.exp(0.5 * logvar) * rng.standard_normal((B, d))).astype(dtype)
+    lw = losses.log_importance_weights(B, 1000, "mws")
+    g = [rng.standard_normal(B).astype(dtype) for _ in range(4)]
+    *ref_terms, _, cache = losses.tc_terms_forward(z, mu, logvar, lw)
+    ref_grads = losses.tc_terms_backward(*g, cache)
+    terms, grads = _nb_kernels.tc_terms_forward_backward(z, mu, logvar, lw, *g)
+    rtol = 2e-4 if dtype == np.float32 else 1e-11
+    for got, want in zip(terms, ref_terms, strict=True):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 10)
+    for got, want in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max() + 1e-30)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_vector_max_is_the_max_on_awkward_lengths(dtype):
     """tc._max_of (explicit vectors, then the lanes, then a scalar tail) against np.max:
     lengths below, at and past a vector, rows of a 2-D array (views)."""
