@@ -369,7 +369,13 @@ def _pack_a(a, off, rs, cs, m, i0, rows, p0, kc, ap):
 
 @njit
 def _pack_b(b, off, rs, cs, n, j0, cols, p0, kc, bp):
-    """bp[q*kc + p*NR + j] = B[p0 + p, j0 + q + j] for panels q = 0, NR, ...; 0 past column n."""
+    """bp[q*kc + p*NR + j] = B[p0 + p, j0 + q + j] for panels q = 0, NR, ...
+
+    Past column n a panel holds zeros (B row-major, and the element-by-element tail),
+    copies of its last column (the in-register transposes of B = W.T), or nothing (a
+    half panel the transposes skip): those columns of C are computed into the scratch
+    tile and never stored, so what they hold does not matter.
+    """
     L = lanes(bp)
     NR = 2 * L
     for q in range(0, cols, NR):
