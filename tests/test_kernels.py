@@ -658,7 +658,7 @@ def test_optimizer_state_decaying_to_zero_stops_at_zero_not_in_the_subnormals(dt
             K.sgd_update(q, zero, vel, 0.1, 0.9)
         assert (vel == 0).all()
     # the same steps with the subnormals kept, in float64 arithmetic rounded to dtype
-    # at the end of each step, move p to the same values
+    # at the end of each step, move p to the same values, to rounding
     pk, mk, vk = p0.copy(), np.zeros(size, dtype), np.zeros(size, dtype)
     for t in range(1, steps):
         g = g0 if t == 1 else zero
