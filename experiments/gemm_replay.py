@@ -1,0 +1,90 @@
+"""How near BLAS itself comes to the benchmark's GEMM floor on a training step's own products.
+
+usage: python experiments/gemm_replay.py THREADS BATCH [BATCH ...]
+
+`tinyvae bench step`'s floor prices every FLOP of the step's products at the rate of one
+hot numpy.matmul, the first layer's (batch x 784 @ 784 x 400). The step's other products
+(the latent heads, the k = 20 decoder input, the weight gradients X.T @ dY) are shapes BLAS
+runs slower, and in a step they meet their operands cold. This records the products of one
+real step of the canonical 784-400-20 VAE (every call of gemm.gemm_into, its operands
+copied) and times, interleaved in one process:
+
+  hot floor   the benchmark's floor (bench.gemm_flops at the first layer's numpy rate)
+  numpy       the recorded products replayed with numpy.matmul, fresh outputs
+  tinyvae     the same products replayed with tinyvae's GEMM
+  step        a whole training step (loss, gradients, Adam)
+
+and prints hot floor / each: what floor/step would read if a step were nothing but its
+products at numpy's speed, at ours, and what the step reads.
+"""
+
+import sys
+
+import numba
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+import tinyvae as tv
+from tinyvae import bench
+from tinyvae._backend import gemm, nb_kernels
+
+
+def recorded_products(model, x, eps):
+    """[(a, b, trans_a, trans_b, (m, n), args, kwargs)] of one loss-and-gradients call,
+    operands copied: every call of gemm_into, under both names it is called by."""
+    products, original = [], gemm.gemm_into
+
+    def record(c, a, b, trans_a, trans_b, *args, **kwargs):
+        products.append((a.copy(), b.copy(), trans_a, trans_b, c.shape, args, kwargs))
+        return original(c, a, b, trans_a, trans_b, *args, **kwargs)
+
+    model.loss(x, eps=eps)  # imports nb_kernels (which binds gemm_into) before the patch
+    gemm.gemm_into = nb_kernels.gemm_into = record
+    try:
+        model.loss(x, eps=eps)
+    finally:
+        gemm.gemm_into = nb_kernels.gemm_into = original
+    return products
+
+
+def replay_row(batch, threads):
+    """(hot floor, numpy's products, tinyvae's products, whole step) in ms at one batch."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((batch, 784)) < 0.3).astype(np.float32)
+    eps = rng.standard_normal((batch, 20)).astype(np.float32)
+    model, opt = tv.VAE(784, (400,), 20, dtype=np.float32, seed=0), tv.Adam(lr=1e-3)
+    products = recorded_products(model, x, eps)
+
+    def numpy_products():
+        for a, b, ta, tb, _, _, _ in products:
+            np.matmul(a.T if ta else a, b.T if tb else b)
+
+    def our_products():
+        for a, b, ta, tb, (m, n), args, kwargs in products:
+            k = a.shape[0] if ta else a.shape[1]
+            gemm.gemm_into(gemm.empty_output(m, n, k, a.dtype), a, b, ta, tb, *args, **kwargs)
+
+    def step():
+        opt.step(model.params, model.loss(x, eps=eps)[1])
+
+    first_layer, flops = bench._first_layer_product(batch, 784, 400)
+    times = bench.interleaved_times([first_layer, numpy_products, our_products, step], 1.0,
+                                    settle_seconds=bench.SETTLE_SECONDS if threads > 1 else 0)
+    t_first, t_numpy, t_ours, t_step = (1e3 * bench.median(t) for t in times)
+    floor = bench.gemm_flops(batch, bench.layer_shapes(784, (400,), 20)) / flops * t_first
+    return floor, t_numpy, t_ours, t_step
+
+
+def main(threads, batches):
+    numba.set_num_threads(threads)
+    threadpool_limits(threads)
+    print(f"canonical VAE, float32, {threads} thread(s); ms a step (median), hot floor / each")
+    for batch in batches:
+        floor, t_numpy, t_ours, t_step = replay_row(batch, threads)
+        print(f"batch {batch:5d}: hot floor {floor:7.2f} | numpy's products {t_numpy:7.2f} "
+              f"({floor / t_numpy:.2f}) | tinyvae's {t_ours:7.2f} ({floor / t_ours:.2f}) | "
+              f"step {t_step:7.2f} ({floor / t_step:.2f})")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), [int(b) for b in sys.argv[2:]])
