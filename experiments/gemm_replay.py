@@ -31,14 +31,14 @@ from tinyvae._backend import gemm, nb_kernels
 
 def recorded_products(model, x, eps):
     """[(a, b, trans_a, trans_b, (m, n), args, kwargs)] of one loss-and-gradients call,
-    operands copied: every call of gemm_into, under both names it is called by."""
+    operands copied: every call of gemm_into, under both names it is called by (nb_kernels,
+    imported above, binds its own)."""
     products, original = [], gemm.gemm_into
 
     def record(c, a, b, trans_a, trans_b, *args, **kwargs):
         products.append((a.copy(), b.copy(), trans_a, trans_b, c.shape, args, kwargs))
         return original(c, a, b, trans_a, trans_b, *args, **kwargs)
 
-    model.loss(x, eps=eps)  # imports nb_kernels (which binds gemm_into) before the patch
     gemm.gemm_into = nb_kernels.gemm_into = record
     try:
         model.loss(x, eps=eps)
