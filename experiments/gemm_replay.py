@@ -26,8 +26,9 @@ products at numpy's speed, at ours, and what the step reads; and the bound
 the best floor/step a step can read whose products run at BLAS's own speed on their own
 shapes, whose optimizer moves its 653k parameters as Adam does, and whose other work costs
 no more than it does in a VAE with no work at all; and the same with every product at the
-floor itself, floor / (floor + Adam + rest), which no GEMM can beat (the floor runs the
-FMA units near their peak).
+floor itself, floor / (floor + Adam + rest), which no GEMM beats by much (the first
+layer's product runs at 107-128 GFLOP/s a core in this VM's fast hours, where two 16-lane
+FMA units at 2.1 GHz give 134).
 """
 
 import sys
